@@ -1,0 +1,116 @@
+"""tscale client loops for the benchmarks (sync ``tscale.Client``).
+
+Written so the user-facing ``tscale bench`` command can call them directly:
+``signals`` defaults to "already started" and every function returns a plain dict.
+The sync client batches publishes itself, so the publisher is a plain loop.
+"""
+from __future__ import annotations
+
+import time
+
+from tscale.bench.measure import (RecvCounter, Signals, payload, publish_result,
+                                  time_requests, wait_stop)
+
+FLUSH_TIMEOUT = 120.0
+
+
+def _client(addr: str, name: str):
+    import tscale  # imported late: a broken tscale must not break the other systems
+
+    return tscale.Client(addr, name=name)
+
+
+def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signals | None = None,
+                  topology: dict | None = None) -> dict:
+    signals = signals or Signals()
+    client = _client(addr, "bench-pub")
+    data = payload(size)
+    try:
+        signals.ready()
+        signals.wait_go()
+        publish = client.publish
+        t0 = time.monotonic()
+        for _ in range(count):
+            publish(name, data)
+        client.flush(timeout=FLUSH_TIMEOUT)
+        t1 = time.monotonic()
+    finally:
+        client.close()
+    return publish_result(count, t0, t1)
+
+
+def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | None = None,
+                   idle_timeout: float = 2.0, start_timeout: float = 15.0,
+                   signals: Signals | None = None, topology: dict | None = None) -> dict:
+    counter = RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout,
+                          signals=signals)
+    client = _client(addr, "bench-sub")
+    try:
+        hit = counter.hit
+        client.subscribe(pattern, queue=queue, cb=lambda msg: hit())
+        counter.signals.ready()
+        while not counter.wait(0.1):
+            pass
+    finally:
+        client.close()
+    return counter.result()
+
+
+def run_requester(addr: str, name: str, count: int, size: int, *, rate: float | None = None,
+                  timeout: float = 1.0, signals: Signals | None = None,
+                  topology: dict | None = None) -> dict:
+    client = _client(addr, "bench-req")
+    data = payload(size)
+    try:
+        return time_requests(lambda: client.request(name, data, timeout=timeout), count,
+                             rate=rate, signals=signals)
+    finally:
+        client.close()
+
+
+def run_responder(addr: str, name: str, *, limit: float = 600.0, signals: Signals | None = None,
+                  topology: dict | None = None) -> dict:
+    signals = signals or Signals()
+    client = _client(addr, "bench-rep")
+    served = [0]
+
+    def echo(msg):
+        served[0] += 1
+        client.publish(msg.reply, msg.data)
+
+    try:
+        client.subscribe(name, cb=echo)
+        client.flush(timeout=10.0)
+        signals.ready()
+        wait_stop(signals, limit)
+    finally:
+        client.close()
+    return dict(served=served[0])
+
+
+def hold_subscriptions(addr: str, count: int, *, prefix: str = "bench.sub", limit: float = 600.0,
+                       signals: Signals | None = None, topology: dict | None = None) -> dict:
+    signals = signals or Signals()
+    client = _client(addr, "bench-subs")
+    try:
+        subs = [client.subscribe(f"{prefix}.{i}") for i in range(count)]
+        signals.ready()
+        wait_stop(signals, limit)
+    finally:
+        client.close()
+    return dict(subscriptions=len(subs))
+
+
+def hold_connections(addr: str, count: int, *, limit: float = 600.0,
+                     signals: Signals | None = None, topology: dict | None = None) -> dict:
+    signals = signals or Signals()
+    clients = []
+    try:
+        for i in range(count):
+            clients.append(_client(addr, f"bench-conn-{i}"))
+        signals.ready()
+        wait_stop(signals, limit)
+    finally:
+        for c in clients:
+            c.close()
+    return dict(connections=len(clients))

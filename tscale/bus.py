@@ -1,0 +1,39 @@
+"""The in-host bus: PUB/SUB over ipc between the supervisor and the workers.
+
+Every process binds one PUB socket in the node's runtime directory and
+subscribes to the others.  A message is two frames, [topic, msgpack body];
+topics address one worker (``w3.``), the supervisor (``sup.``) or everyone
+(``all.``).  The body is ``[kind, sender, ...]`` with `kind` one of the
+constants below.  Sender -1 is the supervisor.
+"""
+from __future__ import annotations
+
+import os
+
+# worker -> owner worker: events published through a worker that does not own them
+FWD = 1            # [FWD, from, name, payload, meta, ...]
+# owner worker -> holding worker: events for proxied subscriptions held there
+DELIVER = 2        # [DELIVER, from, name, payload, meta, groups|nil, ...]
+INTEREST = 3       # [INTEREST, from, delta, pattern, group|nil, ackkey|nil]
+INTEREST_ACK = 4   # [INTEREST_ACK, from, ackkey]
+WORKER_HELLO = 5   # [WORKER_HELLO, from, epoch]           (all.) ask for snapshots
+SNAPSHOT = 6       # [SNAPSHOT, from, epoch, [[pattern, group, count], ...]]
+WORKER_DOWN = 7    # [WORKER_DOWN, -1, index]               (all.) from the supervisor
+NODE_STATUS = 8    # [NODE_STATUS, -1, status]              (all.) from the supervisor
+STATS = 9          # [STATS, from, stats]                   (sup.) from a worker
+
+SUPERVISOR = -1
+ALL = b"all."
+SUP = b"sup."
+
+
+def topic(worker: int) -> bytes:
+    return b"w%d." % worker
+
+
+def supervisor_endpoint(run_dir: str) -> str:
+    return "ipc://" + os.path.join(run_dir, "sup.pub")
+
+
+def worker_endpoint(run_dir: str, index: int) -> str:
+    return "ipc://" + os.path.join(run_dir, f"w{index}.pub")

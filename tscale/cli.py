@@ -1,0 +1,202 @@
+"""The `tscale` command: run a node, publish, subscribe, request, inspect.
+
+Exit codes: 0 ok; 1 the operation failed (timeout, no responders, server
+error); 2 bad usage or configuration; 3 the node could not be reached.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="tscale: a decentralized event router on ZeroMQ.")
+
+EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+ServerOpt = typer.Option(None, "--server", "-s", help="node address HOST:PORT [env TSCALE_SERVER, default 127.0.0.1:7400]")
+
+
+def _fail(code: int, message: str):
+    typer.echo(f"tscale: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _client(server: Optional[str], name: str):
+    from .client import Client
+    from .errors import ConnectError
+    try:
+        return Client(server, name=name, connect_timeout=5.0)
+    except ConnectError as exc:
+        _fail(EXIT_UNREACHABLE, str(exc))
+
+
+def _headers(items: List[str]) -> Optional[dict]:
+    out = {}
+    for h in items or []:
+        k, sep, v = h.partition("=")
+        if not sep or not k:
+            _fail(EXIT_USAGE, f"header {h!r}: use KEY=VALUE")
+        out[k] = v
+    return out or None
+
+
+@app.command()
+def up(
+    listen: Optional[str] = typer.Option(None, help="HOST:PORT of worker 0; worker i listens on PORT+i [default 0.0.0.0:7400]"),
+    workers: Optional[int] = typer.Option(None, help="worker processes [default: CPU count]"),
+    name: Optional[str] = typer.Option(None, help="node name [default: hostname]"),
+    data_dir: Optional[str] = typer.Option(None, help="data directory [default: ~/.local/share/tscale]"),
+    config: Optional[str] = typer.Option(None, help="TOML config file (see configs-optional/)"),
+    log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error [default info]"),
+    log_format: Optional[str] = typer.Option(None, help="text or json [default text]"),
+    max_payload: Optional[int] = typer.Option(None, help="largest payload accepted, bytes [default 1048576]"),
+    token: Optional[str] = typer.Option(None, help="require clients to present this token"),
+):
+    """Run a node: a supervisor and one worker per core. Stops cleanly on SIGTERM/SIGINT."""
+    from .config import ConfigError, load
+    from .supervisor import run_node
+    flags = dict(listen=listen, workers=workers, name=name, data_dir=data_dir, config=config,
+                 log_level=log_level, log_format=log_format, max_payload=max_payload, token=token)
+    try:
+        cfg = load(flags)
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    raise typer.Exit(run_node(cfg))
+
+
+@app.command()
+def pub(
+    name: str = typer.Argument(..., help="event name, e.g. orders.eu.created"),
+    data: Optional[str] = typer.Argument(None, help="payload; read from stdin when omitted"),
+    header: List[str] = typer.Option([], "--header", "-H", help="KEY=VALUE, repeatable"),
+    count: int = typer.Option(1, help="publish the event this many times"),
+    server: Optional[str] = ServerOpt,
+):
+    """Publish an event."""
+    from .errors import TscaleError
+    payload = sys.stdin.buffer.read() if data is None else data.encode()
+    headers = _headers(header)
+    c = _client(server, "tscale-pub")
+    try:
+        for _ in range(count):
+            c.publish(name, payload, headers=headers)
+        c.flush()
+        if c.last_error is not None:
+            _fail(EXIT_FAILED, str(c.last_error))
+    except TscaleError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    finally:
+        c.close()
+
+
+def _render(msg, as_json: bool) -> str:
+    if as_json:
+        try:
+            data = msg.data.decode()
+            enc = "utf-8"
+        except UnicodeDecodeError:
+            data, enc = msg.data.hex(), "hex"
+        return json.dumps({"name": msg.name, "data": data, "encoding": enc,
+                           "headers": msg.headers or {}, "reply": msg.reply})
+    text = msg.data.decode(errors="replace")
+    hdr = "".join(f" {k}={v}" for k, v in (msg.headers or {}).items())
+    return f"[{msg.name}]{hdr} {text}"
+
+
+@app.command()
+def sub(
+    pattern: str = typer.Argument(..., help="name or pattern: * is one token, > the rest"),
+    queue: Optional[str] = typer.Option(None, "--queue", "-q", help="join this queue group"),
+    count: int = typer.Option(0, help="exit after this many events (0 = run until interrupted)"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+    timeout: float = typer.Option(0, help="exit 1 if no event arrives for this many seconds (0 = wait forever)"),
+    server: Optional[str] = ServerOpt,
+):
+    """Print events as they arrive."""
+    from .errors import Timeout, TscaleError
+    c = _client(server, "tscale-sub")
+    got = 0
+    try:
+        s = c.subscribe(pattern, queue=queue)
+        print(f"subscribed to {pattern}" + (f" in queue group {queue}" if queue else ""), file=sys.stderr, flush=True)
+        while count == 0 or got < count:
+            try:
+                msg = s.next_msg(timeout=timeout or None)
+            except Timeout:
+                _fail(EXIT_FAILED, f"no event within {timeout:g}s ({got} received)")
+            print(_render(msg, as_json), flush=True)
+            got += 1
+    except KeyboardInterrupt:
+        pass
+    except TscaleError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    finally:
+        c.close()
+
+
+@app.command()
+def req(
+    name: str = typer.Argument(...),
+    data: str = typer.Argument(""),
+    header: List[str] = typer.Option([], "--header", "-H", help="KEY=VALUE, repeatable"),
+    timeout: float = typer.Option(2.0, help="seconds to wait for the reply"),
+    as_json: bool = typer.Option(False, "--json"),
+    server: Optional[str] = ServerOpt,
+):
+    """Send a request and print the reply."""
+    from .errors import NoResponders, Timeout, TscaleError
+    c = _client(server, "tscale-req")
+    try:
+        msg = c.request(name, data.encode(), timeout=timeout, headers=_headers(header))
+        if as_json:
+            print(_render(msg, True))
+        else:
+            sys.stdout.buffer.write(msg.data + (b"" if msg.data.endswith(b"\n") else b"\n"))
+    except NoResponders:
+        _fail(EXIT_FAILED, f"no responders for {name}")
+    except Timeout:
+        _fail(EXIT_FAILED, f"no reply within {timeout:g}s")
+    except TscaleError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    finally:
+        c.close()
+
+
+@app.command()
+def status(
+    as_json: bool = typer.Option(False, "--json", help="machine-readable (schema in docs/STATUS.md)"),
+    server: Optional[str] = ServerOpt,
+):
+    """Show the node's state: workers, clients, traffic, drops."""
+    from .errors import TscaleError
+    from .status_view import render_status
+    c = _client(server, "tscale-status")
+    try:
+        st = c.status()
+    except TscaleError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    finally:
+        c.close()
+    if as_json:
+        print(json.dumps(st, indent=2, sort_keys=True))
+    else:
+        render_status(st)
+
+
+@app.command()
+def version():
+    """Print the version."""
+    print(__version__)
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

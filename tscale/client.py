@@ -1,0 +1,457 @@
+"""Synchronous Python client.
+
+One background I/O thread owns the ZeroMQ sockets (one DEALER per worker of
+the node, learned from WELCOME); user threads hand it work through per-worker
+queues guarded by one lock.  `publish()` only appends to the owner worker's
+batch, so a tight publish loop turns into large frames without any timer; a
+lone event is sent as soon as the I/O thread wakes.
+
+Callbacks run in the I/O thread: keep them short (a slow callback only slows
+this client; the node drops and counts what this client cannot take).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import queue
+import threading
+import time
+
+import msgpack
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from . import protocol
+from .client_core import ClientCore, Msg, SubState, parse_address
+from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+
+log = logging.getLogger("tscale.client")
+
+MAX_QUEUED_FRAMES = 64        # per worker, before publish() waits for the I/O thread
+DEFAULT_PENDING_LIMIT = 65536  # per iterator subscription, like NATS's default
+
+
+def default_server() -> str:
+    return os.environ.get("TSCALE_SERVER") or "127.0.0.1:7400"
+
+
+class _Waiter:
+    __slots__ = ("event", "value", "error")
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.value = None
+        self.error = None
+
+    def set(self, value=None, error=None):
+        self.value = value
+        self.error = error
+        self.event.set()
+
+    def wait(self, timeout: float, what: str):
+        if not self.event.wait(timeout):
+            raise Timeout(f"{what}: no answer within {timeout:g}s")
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+class Subscription:
+    """A live subscription: iterate it, call `next_msg()`, or give a callback."""
+
+    def __init__(self, client: "Client", state: SubState, cb, pending_limit: int):
+        self._client = client
+        self._state = state
+        self._cb = cb
+        self._q: queue.SimpleQueue | None = None if cb else queue.SimpleQueue()
+        self.pending_limit = pending_limit
+        self.dropped = 0          # events dropped here because the application did not keep up
+        self.received = 0
+
+    sid = property(lambda self: self._state.sid)
+    pattern = property(lambda self: self._state.pattern)
+    queue = property(lambda self: self._state.queue)
+
+    def _push(self, msg: Msg):
+        self.received += 1
+        if self._cb is not None:
+            try:
+                self._cb(msg)
+            except Exception:
+                log.exception("subscription callback for %r raised", self.pattern)
+        elif self._q.qsize() >= self.pending_limit:
+            self.dropped += 1
+        else:
+            self._q.put(msg)
+
+    def next_msg(self, timeout: float | None = 1.0) -> Msg:
+        if self._q is None:
+            raise TscaleError("this subscription delivers to a callback")
+        try:
+            return self._q.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout(f"no event on {self.pattern!r} within {timeout}s") from None
+
+    def pending(self) -> int:
+        return self._q.qsize() if self._q is not None else 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> Msg:
+        return self.next_msg(timeout=None)
+
+    def unsubscribe(self, timeout: float = 5.0) -> None:
+        self._client._unsubscribe(self, timeout)
+
+
+class Client:
+    """Connects to one node address; talks to each of its workers directly."""
+
+    def __init__(self, server: str | None = None, name: str = "", token: str | None = None,
+                 connect_timeout: float = 5.0, error_cb=None):
+        self.server = server or default_server()
+        self._core = ClientCore(name=name, token=token)
+        self._error_cb = error_cb
+        self.last_error: ServerError | None = None
+        self._lock = threading.Lock()
+        self._drained = threading.Condition(self._lock)
+        self._waiters: dict = {}
+        self._subs: dict[int, Subscription] = {}
+        self._reply_waiters: dict[str, _Waiter] = {}
+        self._inbox_sub: Subscription | None = None
+        self._closed = False
+        self._sleeping = False
+        self._io_ident = None
+        self._ctx = zmq.Context()
+        self._host, port = parse_address(self.server)
+        try:
+            self._handshake(port, connect_timeout)
+        except BaseException:
+            self._ctx.destroy(linger=0)
+            raise
+        self._efd = os.eventfd(0, os.EFD_NONBLOCK)
+        self._thread = threading.Thread(target=self._run, name="tscale-io", daemon=True)
+        self._thread.start()
+
+    # -- connection -----------------------------------------------------------
+    def _socket(self, port: int) -> zmq.Socket:
+        s = self._ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 1000)
+        s.setsockopt(zmq.SNDHWM, 1000)
+        s.setsockopt(zmq.RCVHWM, 1000)
+        s.setsockopt(zmq.RECONNECT_IVL, 50)
+        s.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)   # jittered-by-libzmq exponential back-off
+        s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        s.setsockopt(zmq.IDENTITY, os.urandom(12))
+        s.connect(f"tcp://{self._host}:{port}")
+        return s
+
+    def _hello(self, s: zmq.Socket, timeout: float) -> list:
+        s.send(self._core.hello())
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.poll(left * 1000):
+                raise ConnectError(f"no answer from tscale node at {self.server} within {timeout:g}s")
+            try:
+                cmd = protocol.unpack(s.recv())
+            except protocol.ProtocolError:
+                continue
+            if cmd[0] == protocol.WELCOME:
+                return cmd
+            if cmd[0] == protocol.ERR:
+                raise ConnectError(f"node refused the connection: {cmd[1]}: {cmd[2]}")
+
+    def _handshake(self, port: int, timeout: float):
+        first = self._socket(port)
+        cmd = self._hello(first, timeout)
+        self._core.welcome(cmd)
+        me = cmd[2]["worker"]
+        n = self._core.workers
+        self._socks: list[zmq.Socket] = [None] * n
+        self._socks[me] = first
+        for k in range(n):
+            if self._socks[k] is None:
+                self._socks[k] = self._socket(self._core.ports[k])
+                self._hello(self._socks[k], timeout)
+        self._outq = [collections.deque() for _ in range(n)]
+        self._monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in self._socks]
+
+    @property
+    def info(self) -> dict:
+        """The node's WELCOME: node_id, node_name, server_version, max_payload, ports, shard."""
+        return dict(self._core.info)
+
+    @property
+    def max_payload(self) -> int:
+        return self._core.max_payload
+
+    # -- I/O thread ------------------------------------------------------------
+    def _wake(self):
+        if self._sleeping:
+            os.eventfd_write(self._efd, 1)
+
+    def _enqueue(self, k: int, frame: bytes):
+        """Queue a frame for worker k behind any events already batched for it (keeps order)."""
+        with self._lock:
+            b = self._core.take_batch(k)
+            if b is not None:
+                self._outq[k].append(b)
+            self._outq[k].append(frame)
+        self._wake()
+
+    def _run(self):
+        self._io_ident = threading.get_ident()
+        socks, monitors, outq = self._socks, self._monitors, self._outq
+        n = len(socks)
+        poller = zmq.Poller()
+        for s in socks:
+            poller.register(s, zmq.POLLIN)
+        for m in monitors:
+            poller.register(m, zmq.POLLIN)
+        poller.register(self._efd, zmq.POLLIN)
+        index = {s: k for k, s in enumerate(socks)}
+        mindex = {m: k for k, m in enumerate(monitors)}
+        core = self._core
+        stopping = False
+        while True:
+            with self._lock:
+                for k in range(n):
+                    b = core.take_batch(k)
+                    if b is not None:
+                        outq[k].append(b)
+            backlog = False
+            for k in range(n):
+                q = outq[k]
+                s = socks[k]
+                while q:
+                    try:
+                        s.send(q[0], zmq.NOBLOCK)
+                    except zmq.Again:
+                        backlog = True
+                        break
+                    q.popleft()
+                if len(q) < MAX_QUEUED_FRAMES // 2:
+                    with self._lock:
+                        self._drained.notify_all()
+            for s in socks:
+                poller.modify(s, zmq.POLLIN | (zmq.POLLOUT if backlog else 0))
+            if stopping and not any(outq):
+                return
+            if self._closed:
+                stopping = True
+            self._sleeping = True
+            busy = any(len(b) > 1 for b in core.out) or (not backlog and any(outq))
+            try:
+                ready = poller.poll(0 if busy else (50 if stopping else 500))
+            except zmq.ZMQError:
+                return
+            finally:
+                self._sleeping = False
+            for sock, ev in ready:
+                if sock == self._efd:
+                    try:
+                        os.eventfd_read(self._efd)
+                    except BlockingIOError:
+                        pass
+                elif sock in index:
+                    if ev & zmq.POLLIN:
+                        self._drain(index[sock], sock)
+                else:
+                    self._monitor_event(mindex[sock], sock)
+
+    def _drain(self, k: int, s: zmq.Socket):
+        for _ in range(256):
+            try:
+                frame = s.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                cmd = msgpack.unpackb(frame, raw=False)
+            except Exception:
+                log.warning("undecodable frame from worker %d dropped", k)
+                continue
+            code = cmd[0]
+            if code == protocol.MSG:
+                subs = self._subs
+                for i in range(1, len(cmd), 4):
+                    sub = subs.get(cmd[i])
+                    if sub is None:
+                        continue
+                    meta = cmd[i + 3]
+                    if meta is None:
+                        sub._push(Msg(cmd[i + 1], cmd[i + 2], None, None, cmd[i], self))
+                    else:
+                        sub._push(Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self))
+            elif code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
+                w = self._waiters.pop(cmd[1], None)
+                if w is not None:
+                    w.set(cmd[2] if code == protocol.STATUS_REPLY else None)
+            elif code == protocol.ERR:
+                e = self._core.error_of(cmd)
+                w = self._waiters.pop(cmd[3], None) if len(cmd) > 3 and cmd[3] is not None else None
+                if w is not None:
+                    w.set(error=e)
+                else:
+                    self.last_error = e
+                    log.warning("node reported %s", e)
+                    if self._error_cb is not None:
+                        self._error_cb(e)
+            elif code == protocol.PING:
+                self._outq[k].append(protocol.pack([protocol.PONG, cmd[1]]))
+            elif code == protocol.WELCOME:
+                pass
+
+    def _monitor_event(self, k: int, m: zmq.Socket):
+        try:
+            ev = recv_monitor_message(m, zmq.NOBLOCK)
+        except zmq.Again:
+            return
+        if ev["event"] == zmq.EVENT_DISCONNECTED:
+            log.info("lost connection to worker %d of %s; reconnecting", k, self.server)
+        elif ev["event"] == zmq.EVENT_CONNECTED:
+            # A (re)started worker knows nothing of us: greet it again and resubscribe.
+            log.info("reconnected to worker %d of %s; resubscribing", k, self.server)
+            q = self._outq[k]
+            q.appendleft(self._core.hello())
+            q.extend(self._core.sub_frame(s._state, None) for s in list(self._subs.values())
+                     if k in s._state.targets)
+
+    # -- API -------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise TscaleError("client is closed")
+
+    def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None) -> None:
+        """Queue an event; it leaves with the next batch to the worker that owns `name`."""
+        self._check_open()
+        with self._lock:
+            k = self._core.add_event(name, data, headers, reply)
+            if k < 0:
+                k = -1 - k
+                q = self._outq[k]
+                q.append(self._core.take_batch(k))
+                if len(q) > MAX_QUEUED_FRAMES and threading.get_ident() != self._io_ident:
+                    self._wake_locked()
+                    while len(q) > MAX_QUEUED_FRAMES // 2 and not self._closed:
+                        self._drained.wait(0.5)
+        self._wake()
+
+    def _wake_locked(self):
+        if self._sleeping:
+            os.eventfd_write(self._efd, 1)
+
+    def _call(self, k: int, frame_for, timeout: float, what: str):
+        if threading.get_ident() == self._io_ident:
+            raise TscaleError(f"{what} cannot wait inside a callback; call it from another thread")
+        req = self._core.next_req()
+        w = _Waiter()
+        self._waiters[req] = w
+        self._enqueue(k, frame_for(req))
+        try:
+            return w.wait(timeout, what)
+        finally:
+            self._waiters.pop(req, None)
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Return once every worker has processed everything this client sent before."""
+        self._check_open()
+        for k in range(len(self._socks)):
+            self._call(k, lambda req: protocol.pack([protocol.PING, req]), timeout, "flush")
+
+    def subscribe(self, pattern: str, queue: str | None = None, cb=None, *,
+                  pending_limit: int = DEFAULT_PENDING_LIMIT, timeout: float = 5.0) -> Subscription:
+        """Subscribe; returns once the node has the interest in place (no slow-joiner race)."""
+        self._check_open()
+        state = self._core.new_sub(pattern, queue)
+        sub = Subscription(self, state, cb, pending_limit)
+        self._subs[state.sid] = sub
+        try:
+            for k in state.targets:
+                self._call(k, lambda req: self._core.sub_frame(state, req), timeout, f"subscribe {pattern!r}")
+        except BaseException:
+            self._subs.pop(state.sid, None)
+            self._core.subs.pop(state.sid, None)
+            raise
+        return sub
+
+    def _unsubscribe(self, sub: Subscription, timeout: float):
+        if self._subs.pop(sub.sid, None) is None or self._closed:
+            return
+        self._core.subs.pop(sub.sid, None)
+        for k in sub._state.targets:
+            self._call(k, lambda req: self._core.unsub_frame(sub.sid, req), timeout, "unsubscribe")
+
+    def request(self, name: str, data=b"", timeout: float = 1.0, headers: dict | None = None) -> Msg:
+        """Publish with a reply name and wait for the first reply."""
+        self._check_open()
+        if threading.get_ident() == self._io_ident:
+            raise TscaleError("request() cannot wait inside a callback; call it from another thread")
+        if self._inbox_sub is None:
+            self._inbox_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
+        reply = self._core.inbox()
+        w = _Waiter()
+        self._reply_waiters[reply] = w
+        try:
+            self.publish(name, data, headers=headers, reply=reply)
+            msg = w.wait(timeout, f"request {name!r}")
+        finally:
+            self._reply_waiters.pop(reply, None)
+        if self._core.is_no_responders(msg.headers):
+            raise NoResponders(f"no responders for {name!r}")
+        return msg
+
+    def _on_reply(self, msg: Msg):
+        w = self._reply_waiters.pop(msg.name, None)
+        if w is not None:
+            w.set(msg)
+
+    def status(self, timeout: float = 5.0) -> dict:
+        """The node's status document (see docs/STATUS.md)."""
+        return self._call(0, lambda req: protocol.pack([protocol.STATUS, req]), timeout, "status")
+
+    def drain(self, timeout: float = 5.0) -> None:
+        """Stop receiving, deliver what already arrived, send what is queued, then close."""
+        for sub in list(self._subs.values()):
+            try:
+                sub.unsubscribe(timeout)
+            except TscaleError:
+                pass
+        self.close(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        try:
+            self.flush(timeout)
+        except TscaleError:
+            pass
+        for k in range(len(self._socks)):
+            self._outq[k].append(protocol.pack([protocol.BYE]))
+        self._closed = True
+        self._wake()
+        self._thread.join(timeout)
+        with self._lock:
+            self._drained.notify_all()
+        for m in self._monitors:
+            m.close(0)
+        for s in self._socks:
+            s.close(200)
+        self._ctx.term()
+        os.close(self._efd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if not getattr(self, "_closed", True):
+            try:
+                self.close(0.5)
+            except Exception:
+                pass

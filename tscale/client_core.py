@@ -1,0 +1,174 @@
+"""Client protocol state shared by the sync and asyncio clients (sans-I/O).
+
+It knows the node's shard map (from WELCOME), numbers subscriptions and
+requests, builds frames, and batches outgoing events per worker so that each
+event goes straight to the worker that owns its name.  The clients around it
+only move frames and wake threads or tasks.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from zlib import crc32
+
+from . import protocol
+from .errors import ServerError, TscaleError
+from .subjects import is_literal, name_error, pattern_error
+
+BATCH_EVENTS = 1000          # events per PUB frame at most
+BATCH_BYTES = 1 << 20        # payload bytes per PUB frame at most (one large event may exceed it)
+
+
+class Msg:
+    """A received event."""
+
+    __slots__ = ("name", "data", "headers", "reply", "sid", "_client")
+
+    def __init__(self, name: str, data: bytes, headers: dict | None, reply: str | None, sid: int, client=None):
+        self.name = name
+        self.data = data
+        self.headers = headers
+        self.reply = reply
+        self.sid = sid
+        self._client = client
+
+    @property
+    def subject(self) -> str:   # the word NATS users reach for
+        return self.name
+
+    def respond(self, data: bytes, headers: dict | None = None):
+        """Publish `data` to this event's reply name (sync client; async: `await client.publish`)."""
+        if not self.reply:
+            raise TscaleError("this event has no reply name")
+        return self._client.publish(self.reply, data, headers=headers)
+
+    def __repr__(self) -> str:
+        return f"Msg(name={self.name!r}, data={self.data[:32]!r}, headers={self.headers!r}, reply={self.reply!r})"
+
+
+def parse_address(addr: str) -> tuple[str, int]:
+    a = addr.removeprefix("tcp://")
+    host, sep, port = a.rpartition(":")
+    if not sep:
+        return a or "127.0.0.1", 7400
+    return (host.strip("[]") or "127.0.0.1"), int(port)
+
+
+class SubState:
+    __slots__ = ("sid", "pattern", "queue", "targets")
+
+    def __init__(self, sid: int, pattern: str, queue: str | None, targets: list[int]):
+        self.sid = sid
+        self.pattern = pattern
+        self.queue = queue
+        self.targets = targets
+
+
+class ClientCore:
+    def __init__(self, name: str = "", token: str | None = None, lang: str = "python"):
+        self.name = name
+        self.token = token
+        self.lang = lang
+        self.workers = 1
+        self.ports: list[int] = []
+        self.max_payload = 1 << 20
+        self.info: dict = {}
+        self.subs: dict[int, SubState] = {}
+        self._sids = itertools.count(1)
+        self._reqs = itertools.count(1)
+        self.inbox_prefix = "_INBOX." + os.urandom(8).hex() + "."
+        self._owner_cache: dict[str, int] = {}
+        self.out: list[list] = [[protocol.PUB]]
+        self.out_bytes: list[int] = [0]
+
+    # -- handshake ----------------------------------------------------------
+    def hello(self, direct: bool = True) -> bytes:
+        from . import __version__
+        return protocol.pack([protocol.HELLO, protocol.VERSION,
+                              {"name": self.name, "token": self.token, "lang": self.lang,
+                               "version": __version__, "direct": direct}])
+
+    def welcome(self, cmd: list) -> None:
+        info = cmd[2]
+        self.info = info
+        self.max_payload = info["max_payload"]
+        ports = info["ports"]
+        if self.ports and len(ports) != len(self.ports):
+            raise TscaleError("the node restarted with a different worker count; reconnect the client")
+        self.ports = ports
+        self.workers = info["shard"]["count"]
+        if len(self.out) != self.workers:
+            self.out = [[protocol.PUB] for _ in range(self.workers)]
+            self.out_bytes = [0] * self.workers
+            self._owner_cache.clear()
+
+    # -- events -------------------------------------------------------------
+    def owner(self, name: str) -> int:
+        k = self._owner_cache.get(name)
+        if k is None:
+            e = name_error(name)
+            if e is not None:
+                raise TscaleError(e)
+            k = crc32(name.encode()) % self.workers
+            if len(self._owner_cache) > 100_000:
+                self._owner_cache.clear()
+            self._owner_cache[name] = k
+        return k
+
+    def add_event(self, name: str, data, headers: dict | None, reply: str | None) -> int:
+        """Queue one event in its owner's batch; returns the owner, or -1-owner if the batch is full."""
+        if type(data) is not bytes:
+            if isinstance(data, str):
+                data = data.encode()
+            else:
+                data = bytes(data)
+        if len(data) > self.max_payload:
+            raise TscaleError(f"payload of {len(data)} bytes exceeds the node's max_payload {self.max_payload}")
+        k = self.owner(name)
+        buf = self.out[k]
+        buf += (name, data, None if headers is None and reply is None else [headers, reply])
+        n = self.out_bytes[k] + len(data)
+        self.out_bytes[k] = n
+        if n >= BATCH_BYTES or len(buf) >= 3 * BATCH_EVENTS:
+            return -1 - k
+        return k
+
+    def take_batch(self, k: int) -> bytes | None:
+        buf = self.out[k]
+        if len(buf) == 1:
+            return None
+        frame = protocol.pack(buf)
+        del buf[1:]
+        self.out_bytes[k] = 0
+        return frame
+
+    # -- subscriptions ------------------------------------------------------
+    def new_sub(self, pattern: str, queue: str | None) -> SubState:
+        e = pattern_error(pattern)
+        if e is not None:
+            raise TscaleError(e)
+        sid = next(self._sids)
+        targets = [crc32(pattern.encode()) % self.workers] if is_literal(pattern) else list(range(self.workers))
+        s = SubState(sid, pattern, queue, targets)
+        self.subs[sid] = s
+        return s
+
+    def sub_frame(self, s: SubState, req: int | None) -> bytes:
+        return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req])
+
+    def unsub_frame(self, sid: int, req: int | None) -> bytes:
+        return protocol.pack([protocol.UNSUB, sid, req])
+
+    def next_req(self) -> int:
+        return next(self._reqs)
+
+    def inbox(self) -> str:
+        return self.inbox_prefix + str(next(self._reqs))
+
+    @staticmethod
+    def error_of(cmd: list) -> ServerError:
+        return ServerError(str(cmd[1]), str(cmd[2]), bool(cmd[4]) if len(cmd) > 4 else False)
+
+    @staticmethod
+    def is_no_responders(headers) -> bool:
+        return bool(headers) and headers.get(protocol.STATUS_HEADER) == protocol.NO_RESPONDERS_STATUS

@@ -1,0 +1,106 @@
+"""Node configuration: defaults < TOML file < TSCALE_* environment < flags.
+
+Everything has a default, so `tscale up` needs no configuration at all.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+DEFAULT_PORT = 7400
+
+
+class ConfigError(Exception):
+    """A configuration value that cannot be used; the message says which and why."""
+
+
+@dataclass
+class NodeConfig:
+    listen: str = f"0.0.0.0:{DEFAULT_PORT}"
+    workers: int = 0                 # 0 = one per CPU
+    name: str = ""                   # "" = hostname
+    data_dir: str = ""               # "" = ~/.local/share/tscale (or $XDG_DATA_HOME/tscale)
+    log_level: str = "info"
+    log_format: str = "text"
+    max_payload: int = 1024 * 1024
+    token: str = ""                  # "" = no authentication
+    client_hwm: int = 1000           # frames queued per client before drops are counted
+    max_subs_per_conn: int = 100_000
+
+    def resolved(self) -> "NodeConfig":
+        """Fill in the computed defaults and validate."""
+        import psutil
+
+        c = NodeConfig(**asdict(self))
+        if c.workers <= 0:
+            c.workers = psutil.cpu_count(logical=True) or 1
+        if not c.name:
+            c.name = socket.gethostname()
+        if not c.data_dir:
+            base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+            c.data_dir = os.path.join(base, "tscale")
+        parse_hostport(c.listen)
+        if c.log_level.lower() not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"log level {c.log_level!r}: use debug, info, warning or error")
+        if c.log_format not in ("text", "json"):
+            raise ConfigError(f"log format {c.log_format!r}: use text or json")
+        if not 1 <= c.max_payload <= 64 * 1024 * 1024:
+            raise ConfigError("max_payload must be between 1 byte and 64 MiB")
+        if c.workers > 256:
+            raise ConfigError("workers must be at most 256")
+        return c
+
+
+def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """'host:port', 'host' or ':port' -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        host, port = value, str(default_port)
+    host = host.strip("[]") or "0.0.0.0"
+    try:
+        p = int(port)
+    except ValueError:
+        raise ConfigError(f"address {value!r}: port must be a number") from None
+    if not 0 < p < 65536:
+        raise ConfigError(f"address {value!r}: port must be 1..65535")
+    return host, p
+
+
+_TYPES = {f.name: f.type for f in fields(NodeConfig)}
+
+
+def _coerce(key: str, value):
+    typ = _TYPES[key]
+    try:
+        return int(value) if typ in (int, "int") else str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {typ}, got {value!r}") from None
+
+
+def load(flags: dict, environ=os.environ) -> NodeConfig:
+    """Merge the sources; `flags` holds CLI values (None = not given)."""
+    values: dict = {}
+    path = flags.get("config") or environ.get("TSCALE_CONFIG")
+    if path:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for k, v in data.items():
+            key = k.replace("-", "_")
+            if key not in _TYPES:
+                raise ConfigError(f"config file {path}: unknown option {k!r}")
+            values[key] = _coerce(key, v)
+    for key in _TYPES:
+        env = environ.get("TSCALE_" + key.upper())
+        if env is not None and env != "":
+            values[key] = _coerce(key, env)
+    for key, v in flags.items():
+        if key in _TYPES and v is not None:
+            values[key] = _coerce(key, v)
+    return NodeConfig(**values).resolved()

@@ -1,0 +1,34 @@
+"""Per-connection state kept by a worker for each client or peer DEALER."""
+from __future__ import annotations
+
+from . import protocol
+
+
+class Connection:
+    """A connection as seen from the worker's ROUTER.
+
+    `out` is the pending MSG frame for this connection (a flat list starting
+    with the MSG code); routes hold references to it, so it is emptied in
+    place, never replaced.
+    """
+
+    __slots__ = ("ident", "name", "lang", "direct", "out", "subs", "blocked",
+                 "events_out", "drops", "last_seen", "greeted", "rejected", "errors")
+
+    def __init__(self, ident: bytes, now: float):
+        self.ident = ident
+        self.name = ""
+        self.lang = ""
+        self.direct = False      # connects to every worker and shards by itself
+        self.out: list = [protocol.MSG]
+        self.subs: dict = {}     # sid -> Subscription
+        self.blocked = False     # last send hit the connection's high-water mark
+        self.events_out = 0
+        self.drops = 0
+        self.last_seen = now
+        self.greeted = False     # sent HELLO (otherwise implicit defaults)
+        self.rejected = False    # failed authentication: serve nothing until a good HELLO
+        self.errors = 0
+
+    def label(self) -> str:
+        return self.name or self.ident.hex()

@@ -1,0 +1,101 @@
+"""Wire protocol v1: command codes, frame layouts and the codec.
+
+Every ZeroMQ message between a client DEALER and a worker ROUTER is one frame
+holding one msgpack array whose first item is a command code.  Events travel in
+flat batches (``[PUB, name, payload, meta, name, payload, meta, ...]``) so one
+frame carries many events: batching is what makes a Python router fast.  This
+module is sans-I/O; docs/PROTOCOL.md is the normative description.
+"""
+from __future__ import annotations
+
+import msgpack
+
+VERSION = 1
+
+# client -> server
+HELLO = 1      # [HELLO, version, {name, token, lang, version}]
+PUB = 2        # [PUB, name, payload, meta, ...]   meta = nil | [headers|nil, reply|nil]
+SUB = 3        # [SUB, sid, pattern, group|nil, req]
+UNSUB = 4      # [UNSUB, sid, req]
+PING = 5       # [PING, token]            both directions
+PONG = 6       # [PONG, token]            both directions
+STATUS = 7     # [STATUS, req]
+BYE = 8        # [BYE]
+# server -> client
+WELCOME = 16   # [WELCOME, version, info]
+MSG = 17       # [MSG, sid, name, payload, meta, ...]
+OK = 18        # [OK, req]
+ERR = 19       # [ERR, code, message, req|nil, fatal]
+STATUS_REPLY = 20  # [STATUS_REPLY, req, status]
+
+COMMAND_NAMES = {
+    HELLO: "HELLO", PUB: "PUB", SUB: "SUB", UNSUB: "UNSUB", PING: "PING", PONG: "PONG",
+    STATUS: "STATUS", BYE: "BYE", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
+    STATUS_REPLY: "STATUS_REPLY",
+}
+
+# Error codes: (code, fatal).  Fatal errors make the server forget the connection.
+E_MALFORMED = "malformed"
+E_UNKNOWN_COMMAND = "unknown_command"
+E_BAD_NAME = "bad_name"
+E_BAD_PATTERN = "bad_pattern"
+E_PAYLOAD_TOO_LARGE = "payload_too_large"
+E_BAD_VERSION = "bad_version"
+E_NOT_AUTHORIZED = "not_authorized"
+E_BAD_SID = "bad_sid"
+E_TOO_MANY_SUBS = "too_many_subscriptions"
+FATAL_ERRORS = frozenset({E_BAD_VERSION, E_NOT_AUTHORIZED})
+
+# Reply sent to a request's reply-to name when nothing could take the request.
+STATUS_HEADER = "Status"
+NO_RESPONDERS_STATUS = "503"
+NO_RESPONDERS_META = [{STATUS_HEADER: NO_RESPONDERS_STATUS, "Description": "No Responders"}, None]
+
+_packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+pack = _packer.pack
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be understood; carries the error code to send back."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def unpack(frame: bytes) -> list:
+    """Decode one frame into a command list, or raise ProtocolError."""
+    try:
+        obj = msgpack.unpackb(frame, raw=False)
+    except Exception as exc:  # msgpack raises a zoo of exception types
+        raise ProtocolError(E_MALFORMED, f"frame is not valid msgpack: {type(exc).__name__}") from None
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError(E_MALFORMED, "frame must be a msgpack array starting with a command code")
+    return obj
+
+
+def err(code: str, message: str, req=None) -> bytes:
+    return pack([ERR, code, message, req, code in FATAL_ERRORS])
+
+
+def ok(req) -> bytes:
+    return pack([OK, req])
+
+
+def check_meta(meta) -> str | None:
+    """Validate an event's meta field; return an error message or None."""
+    if meta is None:
+        return None
+    if type(meta) is not list or len(meta) != 2:
+        return "meta must be nil or [headers, reply]"
+    headers, reply = meta
+    if headers is not None:
+        if type(headers) is not dict:
+            return "headers must be a map of string to string"
+        for k, v in headers.items():
+            if type(k) is not str or type(v) is not str:
+                return "headers must be a map of string to string"
+    if reply is not None and type(reply) is not str:
+        return "reply must be a string"
+    return None

@@ -1,0 +1,196 @@
+"""The routing table of one worker: who gets an event with a given name.
+
+Sans-I/O.  Two kinds of interest live in one subject trie:
+
+* local subscriptions (`Subscription`), held by connections of this worker;
+* link interest (`LinkInterest`): "the thing behind link L has `count`
+  subscribers on (pattern, group)".  Inside a host a link is another worker
+  holding subscriptions of clients that reached the host through it; between
+  hosts a link will be a peer.  Interest is aggregated per link, so a link
+  costs one trie entry per (pattern, group) however many subscribers it hides.
+
+`route(name)` resolves a name once into a `Route` (who gets a copy, which queue
+groups must pick one member) and caches it until the table changes, so the
+per-event cost on the hot path is one dict lookup plus the appends.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .subjects import SubjectTrie
+
+
+class Subscription:
+    """One client subscription: `conn` wants events matching `pattern` under `sid`."""
+
+    __slots__ = ("conn", "sid", "pattern", "group")
+
+    def __init__(self, conn, sid: int, pattern: str, group: str | None):
+        self.conn = conn
+        self.sid = sid
+        self.pattern = pattern
+        self.group = group
+
+    @property
+    def proxied(self) -> bool:
+        # A direct connection reaches every worker itself; only the owner worker
+        # of a name delivers to it.  Other connections are served by proxy.
+        return not self.conn.direct
+
+
+class LinkInterest:
+    """Aggregated interest of everything behind one link for one (pattern, group)."""
+
+    __slots__ = ("link", "pattern", "group", "count")
+
+    def __init__(self, link, pattern: str, group: str | None):
+        self.link = link
+        self.pattern = pattern
+        self.group = group
+        self.count = 0
+
+
+class GroupPicker:
+    """Picks one member of a queue group per event: weighted round robin over
+    slots, skipping local members whose connection is blocked (send buffer full),
+    so a member that does not read gets no more than its share."""
+
+    __slots__ = ("slots", "_next")
+
+    def __init__(self, slots: list):
+        self.slots = slots
+        self._next = 0
+
+    def pick(self):
+        slots = self.slots
+        n = len(slots)
+        start = self._next
+        for k in range(n):
+            i = (start + k) % n
+            m = slots[i]
+            if type(m) is not Subscription or not m.conn.blocked:
+                self._next = i + 1
+                return m
+        # Everyone is blocked: keep rotating; the send will count a drop.
+        self._next = start + 1
+        return slots[start % n]
+
+
+class Route:
+    """Resolved delivery plan for one event name."""
+
+    __slots__ = ("owner", "local", "proxied", "links", "groups", "proxied_groups", "empty")
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.local: list = []          # (conn, sid) of plain local subscriptions
+        self.proxied: list = []        # the subset on proxied connections
+        self.links: list = []          # links with plain interest
+        self.groups: list = []         # (key, GroupPicker over local + link members)
+        self.proxied_groups: dict = {}  # key -> GroupPicker over local proxied members
+        self.empty = True
+
+
+def group_key(pattern: str, group: str) -> str:
+    """Queue groups are per (pattern, group), as in NATS; the key travels on links."""
+    return pattern + " " + group
+
+
+class RoutingTable:
+    """Local subscriptions plus per-link interest, with a route cache."""
+
+    CACHE_LIMIT = 65536
+
+    def __init__(self, owner_of: Callable[[str], object] = lambda name: None):
+        self._owner_of = owner_of
+        self._trie = SubjectTrie()
+        self._links: dict[tuple, LinkInterest] = {}
+        self._cache: dict[str, Route] = {}
+        self.local_count = 0
+
+    # -- changes -----------------------------------------------------------
+    def add(self, sub: Subscription) -> None:
+        self._trie.insert(sub.pattern, sub)
+        self.local_count += 1
+        self._cache.clear()
+
+    def remove(self, sub: Subscription) -> None:
+        if self._trie.remove(sub.pattern, sub):
+            self.local_count -= 1
+            self._cache.clear()
+
+    def add_link_interest(self, link, pattern: str, group: str | None, delta: int) -> int:
+        """Apply a count delta for (link, pattern, group); returns the new count."""
+        key = (link, pattern, group)
+        li = self._links.get(key)
+        if li is None:
+            if delta <= 0:
+                return 0
+            li = self._links[key] = LinkInterest(link, pattern, group)
+            self._trie.insert(pattern, li)
+        li.count += delta
+        if li.count <= 0:
+            del self._links[key]
+            self._trie.remove(pattern, li)
+            self._cache.clear()
+            return 0
+        self._cache.clear()
+        return li.count
+
+    def replace_link(self, link, entries) -> None:
+        """Replace everything known behind `link` with `entries` of (pattern, group, count)."""
+        self.clear_link(link)
+        for pattern, group, count in entries:
+            self.add_link_interest(link, pattern, group, count)
+
+    def clear_link(self, link) -> None:
+        for key in [k for k in self._links if k[0] == link]:
+            li = self._links.pop(key)
+            self._trie.remove(li.pattern, li)
+        self._cache.clear()
+
+    def link_interest(self, link=None) -> list:
+        """(link, pattern, group, count) entries, optionally for one link."""
+        return [(li.link, li.pattern, li.group, li.count)
+                for li in self._links.values() if link is None or li.link == link]
+
+    # -- lookup ------------------------------------------------------------
+    def route(self, name: str) -> Route:
+        r = self._cache.get(name)
+        if r is None:
+            r = self._build(name)
+            if len(self._cache) >= self.CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[name] = r
+        return r
+
+    def _build(self, name: str) -> Route:
+        r = Route(self._owner_of(name))
+        groups: dict[str, list] = {}
+        pgroups: dict[str, list] = {}
+        links = []
+        for m in self._trie.match(name):
+            if type(m) is Subscription:
+                if m.group is None:
+                    r.local.append((m.conn, m.sid))
+                    if not m.conn.direct:
+                        r.proxied.append((m.conn, m.sid))
+                else:
+                    key = group_key(m.pattern, m.group)
+                    groups.setdefault(key, []).append(m)
+                    if not m.conn.direct:
+                        pgroups.setdefault(key, []).append(m)
+            elif m.group is None:
+                if m.link not in links:
+                    links.append(m.link)
+            else:
+                key = group_key(m.pattern, m.group)
+                groups.setdefault(key, []).extend([m] * m.count)
+        r.links = links
+        r.groups = [(k, GroupPicker(v)) for k, v in groups.items()]
+        r.proxied_groups = {k: GroupPicker(v) for k, v in pgroups.items()}
+        r.empty = not (r.local or links or groups)
+        return r
+
+    def subscriptions(self) -> int:
+        return self.local_count

@@ -1,0 +1,169 @@
+"""Event names, subscription patterns and the matching trie.
+
+Names are dot-separated UTF-8 tokens (``orders.eu.created``): no empty tokens,
+no whitespace, no wildcards.  Patterns may use ``*`` (exactly one token) and
+``>`` (one or more trailing tokens, last position only), as in NATS.  Matching
+walks a token trie, so its cost grows with the name's depth, not with the
+number of subscriptions.
+"""
+from __future__ import annotations
+
+MAX_NAME_LEN = 512
+_BAD_CHARS = frozenset(" \t\r\n\f\v\x00")
+
+
+def name_error(name) -> str | None:
+    """Why `name` is not a valid event name, or None if it is."""
+    if type(name) is not str:
+        return "name must be a string"
+    if not name or len(name) > MAX_NAME_LEN:
+        return f"name must be 1..{MAX_NAME_LEN} characters"
+    if not _BAD_CHARS.isdisjoint(name):
+        return f"name {name!r} contains whitespace or NUL"
+    for tok in name.split("."):
+        if not tok:
+            return f"name {name!r} has an empty token"
+        if tok == "*" or tok == ">" or "*" in tok or ">" in tok:
+            return f"name {name!r} contains a wildcard; publish to literal names only"
+    return None
+
+
+def pattern_error(pattern) -> str | None:
+    """Why `pattern` is not a valid subscription pattern, or None if it is."""
+    if type(pattern) is not str:
+        return "pattern must be a string"
+    if not pattern or len(pattern) > MAX_NAME_LEN:
+        return f"pattern must be 1..{MAX_NAME_LEN} characters"
+    if not _BAD_CHARS.isdisjoint(pattern):
+        return f"pattern {pattern!r} contains whitespace or NUL"
+    toks = pattern.split(".")
+    for i, tok in enumerate(toks):
+        if not tok:
+            return f"pattern {pattern!r} has an empty token"
+        if tok == ">":
+            if i != len(toks) - 1:
+                return f"pattern {pattern!r}: '>' may only be the last token"
+        elif tok != "*" and ("*" in tok or ">" in tok):
+            return f"pattern {pattern!r}: wildcards must be whole tokens"
+    return None
+
+
+def is_literal(pattern: str) -> bool:
+    """True if the pattern has no wildcard, i.e. it is one exact name."""
+    return "*" not in pattern and ">" not in pattern
+
+
+def matches(pattern: str, name: str) -> bool:
+    """Reference matcher (one pattern, one name); the trie must agree with it."""
+    p = pattern.split(".")
+    n = name.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(n) > i
+        if i >= len(n):
+            return False
+        if tok != "*" and tok != n[i]:
+            return False
+    return len(p) == len(n)
+
+
+class _Node:
+    __slots__ = ("children", "star", "values", "tail")
+
+    def __init__(self):
+        self.children: dict[str, _Node] = {}
+        self.star: _Node | None = None     # child for '*'
+        self.values: set = set()           # patterns ending here
+        self.tail: set = set()             # patterns ending here with '>'
+
+    def empty(self) -> bool:
+        return not (self.children or self.star or self.values or self.tail)
+
+
+class SubjectTrie:
+    """Maps patterns to sets of values; `match(name)` returns every value whose pattern matches."""
+
+    def __init__(self):
+        self._root = _Node()
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def insert(self, pattern: str, value) -> None:
+        node = self._root
+        toks = pattern.split(".")
+        for tok in toks[:-1]:
+            node = self._child(node, tok)
+        last = toks[-1]
+        if last == ">":
+            target = node.tail
+        else:
+            target = self._child(node, last).values
+        if value not in target:
+            target.add(value)
+            self._count += 1
+
+    @staticmethod
+    def _child(node: _Node, tok: str) -> _Node:
+        if tok == "*":
+            if node.star is None:
+                node.star = _Node()
+            return node.star
+        nxt = node.children.get(tok)
+        if nxt is None:
+            nxt = node.children[tok] = _Node()
+        return nxt
+
+    def remove(self, pattern: str, value) -> bool:
+        """Remove one (pattern, value); prune empty nodes. Returns whether it was present."""
+        toks = pattern.split(".")
+        path = []
+        node = self._root
+        for tok in toks[:-1]:
+            nxt = node.star if tok == "*" else node.children.get(tok)
+            if nxt is None:
+                return False
+            path.append((node, tok))
+            node = nxt
+        last = toks[-1]
+        if last == ">":
+            target = node.tail
+        else:
+            leaf = node.star if last == "*" else node.children.get(last)
+            if leaf is None:
+                return False
+            path.append((node, last))
+            node = leaf
+            target = leaf.values
+        if value not in target:
+            return False
+        target.discard(value)
+        self._count -= 1
+        while path and node.empty():
+            parent, tok = path.pop()
+            if tok == "*":
+                parent.star = None
+            else:
+                del parent.children[tok]
+            node = parent
+        return True
+
+    def match(self, name: str) -> list:
+        """Every value whose pattern matches `name` (a value appears once per matching pattern)."""
+        out: list = []
+        self._walk(self._root, name.split("."), 0, out)
+        return out
+
+    def _walk(self, node: _Node, toks: list, i: int, out: list) -> None:
+        if node.tail and i < len(toks):
+            out.extend(node.tail)
+        if i == len(toks):
+            out.extend(node.values)
+            return
+        tok = toks[i]
+        nxt = node.children.get(tok)
+        if nxt is not None:
+            self._walk(nxt, toks, i + 1, out)
+        if node.star is not None:
+            self._walk(node.star, toks, i + 1, out)

@@ -1,0 +1,247 @@
+"""The supervisor: starts one worker process per core, restarts the ones that
+die, gathers their figures for `tscale status`, and shuts everything down on
+SIGTERM/SIGINT.  It is never on the path of an event.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import msgpack
+import psutil
+import zmq
+
+from . import __version__, bus
+from .config import NodeConfig, parse_hostport
+from .logs import setup
+from .protocol import pack
+
+EXIT_BIND_FAILED = 3         # a worker's exit code when its port is taken
+RESTART_FAST = 0.05          # first restart delay after a crash, seconds
+RESTART_MAX = 5.0            # cap of the back-off for a worker that keeps crashing
+STOP_GRACE = 5.0             # SIGTERM -> SIGKILL
+
+
+def _die_with_parent():
+    """Runs in the child before exec: SIGKILL it if the supervisor dies (no orphans)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class WorkerProc:
+    """The supervisor's view of one worker slot."""
+
+    def __init__(self, index: int):
+        self.index = index
+        self.popen: subprocess.Popen | None = None
+        self.ps: psutil.Process | None = None
+        self.restarts = 0
+        self.started = 0.0
+        self.crashes_in_row = 0
+        self.restart_at = 0.0
+        self.stats: dict = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+class Supervisor:
+    def __init__(self, cfg: NodeConfig):
+        self.cfg = cfg
+        self.log = setup("supervisor", cfg.log_level, cfg.log_format)
+        self.node_id = uuid.uuid4().hex[:16]
+        self.host, self.port = parse_hostport(cfg.listen)
+        self.workers = [WorkerProc(i) for i in range(cfg.workers)]
+        self.running = True
+        self.exit_code = 0
+        self.started = time.time()
+
+    def _spec(self, index: int) -> dict:
+        c = self.cfg
+        return {
+            "index": index, "count": c.workers, "host": self.host, "base_port": self.port,
+            "run_dir": self.run_dir, "node_id": self.node_id, "node_name": c.name,
+            "version": __version__, "max_payload": c.max_payload, "token": c.token,
+            "client_hwm": c.client_hwm, "max_subs_per_conn": c.max_subs_per_conn,
+            "log_level": c.log_level, "log_format": c.log_format, "data_dir": c.data_dir,
+        }
+
+    def _spawn(self, w: WorkerProc):
+        w.popen = subprocess.Popen(
+            [sys.executable, "-m", "tscale_workers", json.dumps(self._spec(w.index))],
+            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        w.started = time.monotonic()
+        try:
+            w.ps = psutil.Process(w.popen.pid)
+            w.ps.cpu_percent(None)
+        except psutil.Error:
+            w.ps = None
+        w.stats = {}
+
+    # -- lifecycle ------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        os.makedirs(self.cfg.data_dir, exist_ok=True)
+        self.run_dir = tempfile.mkdtemp(prefix="tscale-")
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(bus.supervisor_endpoint(self.run_dir))
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, bus.SUP)
+        for w in self.workers:
+            self.sub.connect(bus.worker_endpoint(self.run_dir, w.index))
+            self._spawn(w)
+        last = self.port + len(self.workers) - 1
+        self.log.info("node %s (%s) starting: %d workers on %s:%d%s, supervisor pid %d",
+                      self.cfg.name, self.node_id, len(self.workers), self.host, self.port,
+                      f"-{last}" if last != self.port else "", os.getpid())
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return self.exit_code
+
+    def _stop(self, signum, _frame):
+        if self.running:
+            self.log.info("received %s, shutting down", signal.Signals(signum).name)
+        self.running = False
+
+    def _loop(self):
+        poller = zmq.Poller()
+        poller.register(self.sub, zmq.POLLIN)
+        next_status = 0.0
+        announced = False
+        while self.running:
+            try:
+                ready = poller.poll(50)
+            except zmq.ZMQError:
+                continue
+            if ready:
+                self._drain()
+            now = time.monotonic()
+            self._watch(now)
+            if not announced and all(w.stats for w in self.workers):
+                announced = True
+                self.log.info("node %s ready", self.cfg.name)
+            if now >= next_status:
+                next_status = now + 1.0
+                self.pub.send_multipart([bus.ALL, pack([bus.NODE_STATUS, bus.SUPERVISOR, self.status()])])
+
+    def _drain(self):
+        while True:
+            try:
+                _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                kind, index, stats = msgpack.unpackb(body, raw=False)
+            except Exception:
+                continue
+            if kind == bus.STATS and 0 <= index < len(self.workers):
+                self.workers[index].stats = stats
+
+    def _watch(self, now: float):
+        for w in self.workers:
+            if w.popen is None:
+                if now >= w.restart_at and self.running:
+                    self._spawn(w)
+                    self.log.info("worker %d restarted (pid %d, restart #%d)", w.index, w.popen.pid, w.restarts)
+                continue
+            rc = w.popen.poll()
+            if rc is None:
+                if w.crashes_in_row and now - w.started > 10:
+                    w.crashes_in_row = 0
+                continue
+            if rc == EXIT_BIND_FAILED and w.restarts == 0:
+                self.log.error("worker %d could not bind its port %s:%d; stopping the node",
+                               w.index, self.host, self.port + w.index)
+                self.exit_code = 2
+                self.running = False
+                w.popen = None
+                return
+            w.popen = None
+            w.ps = None
+            w.restarts += 1
+            w.crashes_in_row += 1
+            # Restart at once; back off only for a worker that keeps crashing.
+            delay = min(RESTART_FAST * 2 ** max(0, w.crashes_in_row - 3), RESTART_MAX)
+            w.restart_at = now + delay
+            how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
+            self.log.warning("worker %d died (%s); restarting in %.2fs", w.index, how, delay)
+            self.pub.send_multipart([bus.ALL, pack([bus.WORKER_DOWN, bus.SUPERVISOR, w.index])])
+
+    def _shutdown(self):
+        live = [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
+        for w in live:
+            try:
+                w.popen.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + STOP_GRACE
+        for w in live:
+            try:
+                w.popen.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self.log.warning("worker %d did not stop in %.0fs; killing it", w.index, STOP_GRACE)
+                w.popen.kill()
+                w.popen.wait()
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.log.info("node %s stopped", self.cfg.name)
+
+    # -- status ---------------------------------------------------------------
+    def status(self) -> dict:
+        workers = []
+        for w in self.workers:
+            cpu, rss = 0.0, 0
+            if w.ps is not None and w.alive:
+                try:
+                    cpu = w.ps.cpu_percent(None)
+                    rss = w.ps.memory_info().rss
+                except psutil.Error:
+                    pass
+            s = w.stats
+            workers.append({
+                "index": w.index, "pid": w.popen.pid if w.popen else None, "alive": w.alive,
+                "restarts": w.restarts, "cpu_percent": round(cpu, 1), "rss_bytes": rss,
+                "events_in": s.get("events_in", 0), "events_out": s.get("events_out", 0),
+                "dropped": s.get("dropped", 0), "forwarded": s.get("forwarded", 0),
+                "errors": s.get("errors", 0), "clients": s.get("clients", 0),
+                "subscriptions": s.get("subscriptions", 0), "slow_clients": s.get("slow_clients", []),
+            })
+        me = psutil.Process()
+        sup_rss = me.memory_info().rss
+        totals = {k: sum(w[k] for w in workers) for k in
+                  ("events_in", "events_out", "dropped", "errors", "clients", "subscriptions",
+                   "rss_bytes", "cpu_percent")}
+        totals["rss_bytes"] += sup_rss
+        return {
+            "schema": 1,
+            "node": {
+                "name": self.cfg.name, "id": self.node_id, "version": __version__,
+                "uptime_s": round(time.time() - self.started, 1), "listen": f"{self.host}:{self.port}",
+                "ports": [self.port + i for i in range(len(self.workers))],
+                "supervisor_pid": os.getpid(), "supervisor_rss_bytes": sup_rss,
+                "workers": len(self.workers), "max_payload": self.cfg.max_payload,
+            },
+            "workers": workers,
+            "totals": totals,
+        }
+
+
+def run_node(cfg: NodeConfig) -> int:
+    return Supervisor(cfg).run()

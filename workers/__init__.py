@@ -1,0 +1,1 @@
+"""tscale worker process (installed as the `tscale_workers` package)."""

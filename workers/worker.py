@@ -1,0 +1,649 @@
+"""One worker process: a ROUTER for clients, a PUB/SUB pair for the in-host bus.
+
+The worker owns the event names whose shard (crc32 mod worker count) is its
+index.  Events for names it owns are matched in its routing table and
+delivered; events for names it does not own are forwarded over the bus to the
+owner.  Subscriptions of connections that reached only this worker
+("proxied") are announced to the owners as aggregated link interest, and
+owners send the matching events back here for delivery.  Clients that connect
+to every worker ("direct", like the Python client) skip both hops.
+
+All decisions live in sans-I/O classes (routing table, codec, subjects); this
+module moves frames.  Output is batched per connection: everything routed
+while draining the input is packed into one MSG frame per connection.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import msgpack
+import zmq
+
+from tscale import bus, protocol
+from tscale.connstate import Connection
+from tscale.logs import RateLimited, setup
+from tscale.protocol import (BYE, HELLO, PING, PONG, PUB, STATUS, SUB, UNSUB,
+                             ProtocolError, check_meta, err, pack, unpack)
+from tscale.routing import RoutingTable, Subscription
+from tscale.sharding import shard_of
+from tscale.subjects import is_literal, name_error, pattern_error
+
+INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
+FLUSH_EVERY = 32          # frames read between output flushes (bounds batch size and latency)
+TICK = 0.1                # housekeeping period, seconds
+STATS_EVERY = 1.0
+IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if they are gone
+ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
+BUS_HWM = 20000
+
+MAX_GROUP_LEN = 128
+
+
+class Worker:
+    def __init__(self, spec: dict):
+        self.spec = spec
+        self.index: int = spec["index"]
+        self.count: int = spec["count"]
+        self.max_payload: int = spec["max_payload"]
+        self.token: str = spec.get("token") or ""
+        self.max_subs: int = spec.get("max_subs_per_conn", 100_000)
+        self.log = setup(f"worker{self.index}", spec.get("log_level", "info"), spec.get("log_format", "text"))
+        self.rlog = RateLimited(self.log)
+        count = self.count
+        self.table = RoutingTable(owner_of=(lambda name: shard_of(name, count)))
+        self.conns: dict[bytes, Connection] = {}
+        self.dirty: list[Connection] = []
+        self.dead: list[Connection] = []
+        self.blocked: list[Connection] = []
+        # per-worker bus output buffers, packed and sent at flush time
+        self.fwd = [[bus.FWD, self.index] for _ in range(count)]
+        self.deliver = [[bus.DELIVER, self.index] for _ in range(count)]
+        self.bus_backlog: list = []
+        # aggregated interest of our proxied subscriptions: (pattern, group) -> count
+        self.local_interest: dict[tuple, int] = {}
+        self.epoch = int.from_bytes(os.urandom(4), "big")
+        self.synced: set[int] = set()       # workers that sent us their snapshot
+        self.pending_acks: dict[int, list] = {}   # ackkey -> [conn, req, waiting set, deadline]
+        self.next_ack = 1
+        self.node_status: dict = {}
+        self.started = time.time()
+        self.running = True
+        self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0}
+
+    # -- process ------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self.ctx = zmq.Context()   # created after start: never inherit a context
+        try:
+            self._open_sockets()
+        except zmq.ZMQError as exc:
+            self.log.error("cannot bind %s: %s", self.endpoint, exc)
+            self.ctx.destroy(linger=0)
+            return 3
+        self.log.info("listening on %s (pid %d)", self.endpoint, os.getpid())
+        try:
+            self._loop()
+        finally:
+            self._flush()
+            self.ctx.destroy(linger=0)
+            self.log.info("stopped")
+        return 0
+
+    def _stop(self, *_):
+        self.running = False
+
+    def _open_sockets(self):
+        spec = self.spec
+        ctx = self.ctx
+        r = self.router = ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
+        r.setsockopt(zmq.SNDHWM, spec.get("client_hwm", 1000))
+        r.setsockopt(zmq.RCVHWM, 10000)
+        r.setsockopt(zmq.LINGER, 0)
+        r.setsockopt(zmq.MAXMSGSIZE, self.max_payload * 16 + (1 << 20))
+        r.setsockopt(zmq.HEARTBEAT_IVL, 2000)     # ZMTP pings: dead TCP peers are dropped by libzmq
+        r.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        r.setsockopt(zmq.TCP_KEEPALIVE, 1)
+        self.endpoint = f"tcp://{spec['host']}:{spec['base_port'] + self.index}"
+        r.bind(self.endpoint)
+        p = self.pub = ctx.socket(zmq.PUB)
+        p.setsockopt(zmq.SNDHWM, BUS_HWM)
+        p.setsockopt(zmq.XPUB_NODROP, 1)          # EAGAIN instead of silent loss: we count drops
+        p.setsockopt(zmq.LINGER, 0)
+        p.bind(bus.worker_endpoint(spec["run_dir"], self.index))
+        s = self.sub = ctx.socket(zmq.SUB)
+        s.setsockopt(zmq.RCVHWM, BUS_HWM)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.SUBSCRIBE, bus.topic(self.index))
+        s.setsockopt(zmq.SUBSCRIBE, bus.ALL)
+        s.connect(bus.supervisor_endpoint(spec["run_dir"]))
+        for j in range(self.count):
+            if j != self.index:
+                s.connect(bus.worker_endpoint(spec["run_dir"], j))
+
+    def _loop(self):
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.sub, zmq.POLLIN)
+        router, sub = self.router, self.sub
+        next_tick = 0.0
+        next_stats = time.monotonic() + STATS_EVERY
+        while self.running:
+            try:
+                ready = poller.poll(TICK * 1000)
+            except zmq.ZMQError:
+                if not self.running:
+                    break
+                raise
+            self.now = now = time.monotonic()
+            for sock, _ in ready:
+                if sock is router:
+                    self._drain_router()
+                elif sock is sub:
+                    self._drain_bus()
+            self._flush()
+            if now >= next_tick:
+                next_tick = now + TICK
+                self._tick(now)
+                if now >= next_stats:
+                    next_stats = now + STATS_EVERY
+                    self._send_stats()
+
+    # -- client input -------------------------------------------------------
+    def _drain_router(self):
+        router = self.router
+        recv = router.recv
+        conns = self.conns
+        for k in range(INPUT_BUDGET):
+            try:
+                ident = recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            frame = recv()
+            conn = conns.get(ident)
+            if conn is None:
+                conn = conns[ident] = Connection(ident, self.now)
+                conn.rejected = bool(self.token)   # a token-protected node serves only after HELLO
+            else:
+                conn.last_seen = self.now
+            if router.rcvmore:
+                while router.rcvmore:
+                    recv()
+                self._error(conn, protocol.E_MALFORMED, "send one frame per command (DEALER, no envelope)")
+                continue
+            self._dispatch(conn, frame)
+            if k % FLUSH_EVERY == FLUSH_EVERY - 1:
+                self._flush()
+
+    def _dispatch(self, conn: Connection, frame: bytes):
+        try:
+            cmd = unpack(frame)
+        except ProtocolError as exc:
+            self._error(conn, exc.code, exc.message)
+            return
+        code = cmd[0]
+        if code == PUB:
+            if conn.rejected:
+                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
+                return
+            self._ingest(conn, cmd, 1)
+        elif code == SUB:
+            self._on_sub(conn, cmd)
+        elif code == PING:
+            self._flush()
+            self._send(conn, pack([PONG, cmd[1] if len(cmd) > 1 else None]))
+        elif code == PONG:
+            pass
+        elif code == UNSUB:
+            self._on_unsub(conn, cmd)
+        elif code == HELLO:
+            self._on_hello(conn, cmd)
+        elif code == STATUS and not conn.rejected:
+            self._send(conn, pack([protocol.STATUS_REPLY, cmd[1] if len(cmd) > 1 else None, self.status()]))
+        elif code == BYE:
+            self._remove_conn(conn)
+        else:
+            self._error(conn, protocol.E_UNKNOWN_COMMAND, f"unknown command code {code}")
+
+    def _on_hello(self, conn: Connection, cmd: list):
+        if len(cmd) < 3 or type(cmd[2]) is not dict:
+            self._error(conn, protocol.E_MALFORMED, "HELLO is [1, version, options]")
+            return
+        version, opts = cmd[1], cmd[2]
+        if version != protocol.VERSION:
+            self._error(conn, protocol.E_BAD_VERSION,
+                        f"protocol version {version!r} not supported; this node speaks {protocol.VERSION}")
+            self._remove_conn(conn)
+            return
+        if self.token and opts.get("token") != self.token:
+            self.rlog.warning(("auth", conn.ident), "rejected connection %s: wrong or missing token", conn.ident.hex())
+            self._error(conn, protocol.E_NOT_AUTHORIZED, "wrong or missing token")
+            self._drop_subs(conn)
+            conn.rejected = True
+            return
+        conn.greeted = True
+        conn.rejected = False
+        conn.name = str(opts.get("name") or "")[:128]
+        conn.lang = str(opts.get("lang") or "")[:32]
+        direct = bool(opts.get("direct"))
+        if direct != conn.direct:
+            self._drop_subs(conn)
+            conn.direct = direct
+        info = {
+            "node_id": self.spec["node_id"],
+            "node_name": self.spec["node_name"],
+            "server_version": self.spec["version"],
+            "max_payload": self.max_payload,
+            "worker": self.index,
+            "ports": [self.spec["base_port"] + i for i in range(self.count)],
+            "shard": {"hash": "crc32", "count": self.count},
+            "heartbeat_ms": 2000,
+            "client_id": conn.ident.hex(),
+        }
+        self._send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
+
+    # -- events -------------------------------------------------------------
+    def _ingest(self, conn, cmd: list, start: int):
+        """Route the (name, payload, meta) triples of a PUB or FWD frame.
+
+        This is the hot path: one cached route lookup and a few list appends per event.
+        """
+        n = len(cmd)
+        if (n - start) % 3:
+            if conn is not None:
+                self._error(conn, protocol.E_MALFORMED, "PUB takes (name, payload, meta) triples")
+            return
+        me = self.index
+        cache_get = self.table._cache.get
+        route = self.table.route
+        dirty = self.dirty
+        maxp = self.max_payload
+        fwd = self.fwd
+        bad = None
+        try:
+            for i in range(start, n, 3):
+                name = cmd[i]
+                r = cache_get(name)
+                if r is None:
+                    e = name_error(name)
+                    if e is not None:
+                        bad = (protocol.E_BAD_NAME, e)
+                        continue
+                    r = route(name)
+                payload = cmd[i + 1]
+                meta = cmd[i + 2]
+                if type(payload) is not bytes or len(payload) > maxp:
+                    bad = self._payload_error(payload)
+                    continue
+                if meta is not None and check_meta(meta) is not None:
+                    bad = (protocol.E_MALFORMED, check_meta(meta))
+                    continue
+                if r.owner != me:
+                    fwd[r.owner] += (name, payload, meta)
+                    continue
+                if r.empty:
+                    if meta is not None and meta[1] is not None:
+                        self._no_responders(meta[1])
+                    continue
+                for c, sid in r.local:
+                    o = c.out
+                    if len(o) == 1:
+                        dirty.append(c)
+                    o += (sid, name, payload, meta)
+                if r.links or r.groups:
+                    self._route_shared(r, name, payload, meta)
+        except TypeError:
+            bad = (protocol.E_MALFORMED, "event name must be a string")
+        self.stats["events_in"] += (n - start) // 3
+        if bad is not None and conn is not None:
+            self._error(conn, *bad)
+
+    def _payload_error(self, payload):
+        if type(payload) is not bytes:
+            return (protocol.E_MALFORMED, "payload must be binary (msgpack bin)")
+        return (protocol.E_PAYLOAD_TOO_LARGE,
+                f"payload of {len(payload)} bytes exceeds max_payload {self.max_payload}")
+
+    def _route_shared(self, r, name, payload, meta):
+        """Queue groups and other workers' interest: the less common part of routing."""
+        picks = None
+        dirty = self.dirty
+        for key, picker in r.groups:
+            m = picker.pick()
+            if type(m) is Subscription:
+                c = m.conn
+                o = c.out
+                if len(o) == 1:
+                    dirty.append(c)
+                o += (m.sid, name, payload, meta)
+            else:
+                if picks is None:
+                    picks = {}
+                picks.setdefault(m.link, []).append(key)
+        deliver = self.deliver
+        for link in r.links:
+            deliver[link] += (name, payload, meta, picks.pop(link, None) if picks else None)
+        if picks:
+            for link, keys in picks.items():
+                deliver[link] += (name, payload, meta, keys)
+
+    def _deliver_proxied(self, cmd: list):
+        """Events the owner sent us for our proxied subscriptions."""
+        route = self.table.route
+        dirty = self.dirty
+        for i in range(2, len(cmd), 4):
+            name, payload, meta, groups = cmd[i], cmd[i + 1], cmd[i + 2], cmd[i + 3]
+            r = route(name)
+            for c, sid in r.proxied:
+                o = c.out
+                if len(o) == 1:
+                    dirty.append(c)
+                o += (sid, name, payload, meta)
+            if groups:
+                for key in groups:
+                    picker = r.proxied_groups.get(key)
+                    if picker is None:
+                        self.stats["dropped"] += 1   # the member left while the event was in flight
+                        continue
+                    m = picker.pick()
+                    c = m.conn
+                    o = c.out
+                    if len(o) == 1:
+                        dirty.append(c)
+                    o += (m.sid, name, payload, meta)
+
+    def _no_responders(self, reply: str):
+        """Tell a requester at once that nobody can answer (instead of a timeout)."""
+        if name_error(reply) is not None:
+            return
+        self._ingest(None, [PUB, reply, b"", protocol.NO_RESPONDERS_META], 1)
+
+    # -- subscriptions ------------------------------------------------------
+    def _on_sub(self, conn: Connection, cmd: list):
+        if conn.rejected:
+            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
+            return
+        if len(cmd) != 5:
+            self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req]")
+            return
+        _, sid, pattern, group, req = cmd
+        if type(sid) is not int:
+            self._error(conn, protocol.E_BAD_SID, "sid must be an integer", req)
+            return
+        e = pattern_error(pattern)
+        if e is None and group is not None and (type(group) is not str or not group or len(group) > MAX_GROUP_LEN
+                                               or not group.isprintable() or " " in group):
+            e = f"queue group must be 1..{MAX_GROUP_LEN} printable characters without spaces"
+        if e is not None:
+            self._error(conn, protocol.E_BAD_PATTERN, e, req)
+            return
+        old = conn.subs.get(sid)
+        if old is not None:
+            if old.pattern == pattern and old.group == group:
+                self._send(conn, protocol.ok(req))
+                return
+            self._unsubscribe(conn, old)
+        if len(conn.subs) >= self.max_subs:
+            self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection", req)
+            return
+        s = Subscription(conn, sid, pattern, group)
+        conn.subs[sid] = s
+        self.table.add(s)
+        waiting = self._announce(s, +1, want_ack=True)
+        if waiting:
+            self.pending_acks[self.next_ack - 1] = [conn, req, waiting, self.now + ACK_TIMEOUT]
+        else:
+            self._send(conn, protocol.ok(req))
+
+    def _on_unsub(self, conn: Connection, cmd: list):
+        if len(cmd) != 3:
+            self._error(conn, protocol.E_MALFORMED, "UNSUB is [4, sid, req]")
+            return
+        s = conn.subs.get(cmd[1]) if type(cmd[1]) is int else None
+        if s is not None:
+            self._unsubscribe(conn, s)
+        self._send(conn, protocol.ok(cmd[2]))
+
+    def _unsubscribe(self, conn: Connection, s: Subscription):
+        del conn.subs[s.sid]
+        self.table.remove(s)
+        self._announce(s, -1, want_ack=False)
+
+    def _interest_targets(self, pattern: str) -> list[int]:
+        if is_literal(pattern):
+            owner = shard_of(pattern, self.count)
+            return [] if owner == self.index else [owner]
+        return [j for j in range(self.count) if j != self.index]
+
+    def _announce(self, s: Subscription, delta: int, want_ack: bool) -> set:
+        """Tell the owners about a proxied subscription; returns the workers to wait for."""
+        if s.conn.direct:
+            return set()
+        key = (s.pattern, s.group)
+        n = self.local_interest.get(key, 0) + delta
+        if n > 0:
+            self.local_interest[key] = n
+        else:
+            self.local_interest.pop(key, None)
+        targets = self._interest_targets(s.pattern)
+        if not targets:
+            return set()
+        ackkey = None
+        if want_ack:
+            ackkey = self.next_ack
+            self.next_ack += 1
+        body = pack([bus.INTEREST, self.index, delta, s.pattern, s.group, ackkey])
+        for t in targets:
+            self._bus_send(bus.topic(t), body)
+        return set(targets) & self.synced if want_ack else set()
+
+    def _snapshot_for(self, j: int) -> list:
+        return [[p, g, c] for (p, g), c in self.local_interest.items()
+                if not is_literal(p) or shard_of(p, self.count) == j]
+
+    # -- bus input ----------------------------------------------------------
+    def _drain_bus(self):
+        recv = self.sub.recv
+        for _ in range(INPUT_BUDGET):
+            try:
+                recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            body = recv()
+            try:
+                cmd = msgpack.unpackb(body, raw=False)
+            except Exception:
+                self.log.error("undecodable bus message dropped")
+                continue
+            kind = cmd[0]
+            if kind == bus.FWD:
+                self._ingest(None, cmd, 2)
+            elif kind == bus.DELIVER:
+                self._deliver_proxied(cmd)
+            elif kind == bus.INTEREST:
+                _, frm, delta, pattern, group, ackkey = cmd
+                self.table.add_link_interest(frm, pattern, group, delta)
+                if ackkey is not None:
+                    self._bus_send(bus.topic(frm), pack([bus.INTEREST_ACK, self.index, ackkey]))
+            elif kind == bus.INTEREST_ACK:
+                self._acked(cmd[1], cmd[2])
+            elif kind == bus.WORKER_HELLO:
+                frm, epoch = cmd[1], cmd[2]
+                if frm != self.index:
+                    self._bus_send(bus.topic(frm), pack([bus.SNAPSHOT, self.index, epoch, self._snapshot_for(frm)]))
+            elif kind == bus.SNAPSHOT:
+                frm, epoch, entries = cmd[1], cmd[2], cmd[3]
+                if epoch == self.epoch:
+                    self.table.replace_link(frm, entries)
+                    if frm not in self.synced:
+                        self.synced.add(frm)
+                        self.log.debug("synced with worker %d", frm)
+            elif kind == bus.WORKER_DOWN:
+                self._worker_down(cmd[2])
+            elif kind == bus.NODE_STATUS:
+                self.node_status = cmd[2]
+
+    def _acked(self, frm: int, ackkey: int):
+        p = self.pending_acks.get(ackkey)
+        if p is None:
+            return
+        p[2].discard(frm)
+        if not p[2]:
+            del self.pending_acks[ackkey]
+            self._send(p[0], protocol.ok(p[1]))
+
+    def _worker_down(self, k: int):
+        if k == self.index:
+            return
+        self.table.clear_link(k)
+        self.synced.discard(k)
+        for key in [a for a, p in self.pending_acks.items() if k in p[2]]:
+            self._acked(k, key)
+        self.log.info("worker %d is down; its interest withdrawn", k)
+
+    # -- output -------------------------------------------------------------
+    def _flush(self):
+        dirty = self.dirty
+        if dirty:
+            router = self.router
+            stats = self.stats
+            for c in dirty:
+                o = c.out
+                n = (len(o) - 1) >> 2
+                try:
+                    router.send(c.ident, zmq.NOBLOCK | zmq.SNDMORE)
+                    router.send(pack(o), zmq.NOBLOCK)
+                    stats["events_out"] += n
+                    if c.blocked:
+                        c.blocked = False
+                except zmq.Again:
+                    c.drops += n
+                    stats["dropped"] += n
+                    if not c.blocked:
+                        c.blocked = True
+                        self.blocked.append(c)
+                        self.rlog.warning(("slow", c.ident), "slow consumer %s: send buffer full, dropping",
+                                          c.label())
+                except zmq.ZMQError:
+                    self.dead.append(c)
+                del o[1:]
+            dirty.clear()
+        for k in range(self.count):
+            for buf, header in ((self.fwd[k], 2), (self.deliver[k], 2)):
+                if len(buf) > header:
+                    events = (len(buf) - 2) // (3 if buf[0] == bus.FWD else 4)
+                    if self._bus_send(bus.topic(k), pack(buf), control=False):
+                        self.stats["forwarded"] += events
+                    else:
+                        self.stats["dropped"] += events
+                    del buf[2:]
+        if self.dead:
+            for c in self.dead:
+                self._remove_conn(c)
+            self.dead.clear()
+
+    def _send(self, conn: Connection, frame: bytes) -> bool:
+        try:
+            self.router.send(conn.ident, zmq.NOBLOCK | zmq.SNDMORE)
+            self.router.send(frame, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+        except zmq.ZMQError:
+            self.dead.append(conn)
+            return False
+
+    def _error(self, conn: Connection, code: str, message: str, req=None):
+        conn.errors += 1
+        self.stats["errors"] += 1
+        self.rlog.warning(("err", code), "client %s: %s: %s", conn.label(), code, message)
+        self._send(conn, err(code, message, req))
+
+    def _bus_send(self, topic: bytes, body: bytes, control: bool = True) -> bool:
+        if self.bus_backlog and control:
+            self.bus_backlog.append((topic, body))
+            return True
+        try:
+            self.pub.send(topic, zmq.NOBLOCK | zmq.SNDMORE)
+            self.pub.send(body, zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            if control:   # interest and sync messages must not be lost: retry at the next tick
+                self.bus_backlog.append((topic, body))
+                return True
+            return False
+
+    def _drop_subs(self, conn: Connection):
+        for s in list(conn.subs.values()):
+            self._unsubscribe(conn, s)
+
+    def _remove_conn(self, conn: Connection):
+        self._drop_subs(conn)
+        self.conns.pop(conn.ident, None)
+        for key in [a for a, p in self.pending_acks.items() if p[0] is conn]:
+            del self.pending_acks[key]
+
+    # -- housekeeping -------------------------------------------------------
+    def _tick(self, now: float):
+        if self.bus_backlog:
+            backlog, self.bus_backlog = self.bus_backlog, []
+            for topic, body in backlog:
+                self._bus_send(topic, body)
+        if self.blocked:   # give blocked consumers another chance to take their share
+            for c in self.blocked:
+                c.blocked = False
+            self.blocked.clear()
+        if len(self.synced) < self.count - 1:
+            self._bus_send(bus.ALL, pack([bus.WORKER_HELLO, self.index, self.epoch]))
+        for key in [a for a, p in self.pending_acks.items() if p[3] < now]:
+            conn, req, waiting, _ = self.pending_acks.pop(key)
+            self.log.warning("workers %s did not confirm interest in time; confirming anyway", sorted(waiting))
+            self._send(conn, protocol.ok(req))
+        if int(now * 10) % 50 == 0:   # every ~5 s: find connections that went away
+            ping = pack([PING, 0])
+            for c in list(self.conns.values()):
+                if now - c.last_seen > IDLE_PING_AFTER:
+                    self._send(c, ping)
+            if self.dead:
+                for c in self.dead:
+                    self._remove_conn(c)
+                self.dead.clear()
+
+    def worker_stats(self) -> dict:
+        slow = sorted((c for c in self.conns.values() if c.drops), key=lambda c: -c.drops)[:10]
+        return {
+            "index": self.index,
+            "pid": os.getpid(),
+            "clients": len(self.conns),
+            "subscriptions": self.table.subscriptions(),
+            "uptime_s": round(time.time() - self.started, 1),
+            **self.stats,
+            "slow_clients": [{"client": c.label(), "dropped": c.drops} for c in slow],
+        }
+
+    def _send_stats(self):
+        self._bus_send(bus.SUP, pack([bus.STATS, self.index, self.worker_stats()]))
+
+    def status(self) -> dict:
+        """The node status as last published by the supervisor, with this worker's figures fresh."""
+        st = dict(self.node_status) if self.node_status else {"node": {}, "workers": []}
+        mine = self.worker_stats()
+        workers = [dict(w) for w in st.get("workers", [])]
+        for w in workers:
+            if w.get("index") == self.index:
+                w.update(mine)
+                break
+        else:
+            workers.append(mine)
+        st["workers"] = workers
+        totals = dict(st.get("totals", {}))
+        for k in ("events_in", "events_out", "dropped", "errors", "clients", "subscriptions"):
+            totals[k] = sum(w.get(k, 0) for w in workers)
+        st["totals"] = totals
+        st["answered_by_worker"] = self.index
+        return st
+
+
