@@ -1,0 +1,378 @@
+"""asyncio Python client, the twin of `tscale.Client`.
+
+Same protocol core (`ClientCore`); here a reader task per worker socket and
+one sender task replace the I/O thread.  `publish()` appends to the owner
+worker's batch and wakes the sender, which packs whatever accumulated since
+it last ran: batching without timers.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import logging
+
+import msgpack
+import zmq
+import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
+
+from . import protocol
+from .client import DEFAULT_PENDING_LIMIT, MAX_QUEUED_FRAMES, default_server
+from .client_core import ClientCore, Msg, SubState, parse_address
+from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+
+log = logging.getLogger("tscale.aio")
+
+
+class Subscription:
+    """Iterate with `async for`, await `next_msg()`, or give a callback (plain or async)."""
+
+    def __init__(self, client: "Client", state: SubState, cb, pending_limit: int):
+        self._client = client
+        self._state = state
+        self._cb = cb
+        self._q: asyncio.Queue = asyncio.Queue(maxsize=pending_limit)
+        self._task = None
+        self.dropped = 0
+        self.received = 0
+        if cb is not None and inspect.iscoroutinefunction(cb):
+            self._task = asyncio.get_running_loop().create_task(self._run_async_cb())
+
+    sid = property(lambda self: self._state.sid)
+    pattern = property(lambda self: self._state.pattern)
+    queue = property(lambda self: self._state.queue)
+
+    def _push(self, msg: Msg):
+        self.received += 1
+        if self._cb is not None and self._task is None:
+            try:
+                self._cb(msg)
+            except Exception:
+                log.exception("subscription callback for %r raised", self.pattern)
+            return
+        try:
+            self._q.put_nowait(msg)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def _run_async_cb(self):
+        while True:
+            msg = await self._q.get()
+            try:
+                await self._cb(msg)
+            except Exception:
+                log.exception("subscription callback for %r raised", self.pattern)
+
+    async def next_msg(self, timeout: float | None = 1.0) -> Msg:
+        if self._cb is not None:
+            raise TscaleError("this subscription delivers to a callback")
+        try:
+            return await asyncio.wait_for(self._q.get(), timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"no event on {self.pattern!r} within {timeout}s") from None
+
+    def pending(self) -> int:
+        return self._q.qsize()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Msg:
+        return await self.next_msg(timeout=None)
+
+    async def unsubscribe(self, timeout: float = 5.0) -> None:
+        await self._client._unsubscribe(self, timeout)
+
+    def _stop(self):
+        if self._task is not None:
+            self._task.cancel()
+
+
+class Client:
+    """Create with `await Client.connect(server)`."""
+
+    def __init__(self, server: str | None, name: str, token: str | None, error_cb):
+        self.server = server or default_server()
+        self._core = ClientCore(name=name, token=token)
+        self._error_cb = error_cb
+        self.last_error: ServerError | None = None
+        self._ctx = zmq.asyncio.Context()
+        self._host, self._port = parse_address(self.server)
+        self._waiters: dict = {}
+        self._subs: dict[int, Subscription] = {}
+        self._reply_waiters: dict[str, asyncio.Future] = {}
+        self._inbox_sub: Subscription | None = None
+        self._closed = False
+        self._tasks: list[asyncio.Task] = []
+
+    @classmethod
+    async def connect(cls, server: str | None = None, name: str = "", token: str | None = None,
+                      connect_timeout: float = 5.0, error_cb=None) -> "Client":
+        c = cls(server, name, token, error_cb)
+        try:
+            await c._handshake(connect_timeout)
+        except BaseException:
+            c._ctx.destroy(linger=0)
+            raise
+        return c
+
+    # -- connection -------------------------------------------------------------
+    def _socket(self, port: int):
+        s = self._ctx.socket(zmq.DEALER)
+        for opt, val in ((zmq.LINGER, 1000), (zmq.SNDHWM, 1000), (zmq.RCVHWM, 1000),
+                         (zmq.RECONNECT_IVL, 50), (zmq.RECONNECT_IVL_MAX, 2000),
+                         (zmq.HEARTBEAT_IVL, 2000), (zmq.HEARTBEAT_TIMEOUT, 6000)):
+            s.setsockopt(opt, val)
+        s.connect(f"tcp://{self._host}:{port}")
+        return s
+
+    async def _hello(self, s, timeout: float) -> list:
+        await s.send(self._core.hello())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            left = deadline - loop.time()
+            if left <= 0:
+                raise ConnectError(f"no answer from tscale node at {self.server} within {timeout:g}s")
+            try:
+                frame = await asyncio.wait_for(s.recv(), left)
+            except asyncio.TimeoutError:
+                continue
+            try:
+                cmd = protocol.unpack(frame)
+            except protocol.ProtocolError:
+                continue
+            if cmd[0] == protocol.WELCOME:
+                return cmd
+            if cmd[0] == protocol.ERR:
+                raise ConnectError(f"node refused the connection: {cmd[1]}: {cmd[2]}")
+
+    async def _handshake(self, timeout: float):
+        first = self._socket(self._port)
+        self._socks = [first]
+        cmd = await self._hello(first, timeout)
+        self._core.welcome(cmd)
+        me = cmd[2]["worker"]
+        n = self._core.workers
+        socks = [None] * n
+        socks[me] = first
+        for k in range(n):
+            if socks[k] is None:
+                socks[k] = self._socket(self._core.ports[k])
+                self._socks = [s for s in socks if s is not None]
+                await self._hello(socks[k], timeout)
+        self._socks = socks
+        self._outq = [collections.deque() for _ in range(n)]
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._sender())]
+        for k, s in enumerate(socks):
+            self._tasks.append(loop.create_task(self._reader(k, s)))
+            mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._tasks.append(loop.create_task(self._monitor(k, mon)))
+
+    @property
+    def info(self) -> dict:
+        return dict(self._core.info)
+
+    @property
+    def max_payload(self) -> int:
+        return self._core.max_payload
+
+    # -- tasks --------------------------------------------------------------------
+    async def _sender(self):
+        core, outq, socks = self._core, self._outq, self._socks
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            for k, s in enumerate(socks):
+                b = core.take_batch(k)
+                if b is not None:
+                    outq[k].append(b)
+                q = outq[k]
+                while q:
+                    await s.send(q.popleft())
+            self._drained.set()
+
+    async def _reader(self, k: int, s):
+        while True:
+            frame = await s.recv()
+            try:
+                cmd = msgpack.unpackb(frame, raw=False)
+            except Exception:
+                log.warning("undecodable frame from worker %d dropped", k)
+                continue
+            code = cmd[0]
+            if code == protocol.MSG:
+                subs = self._subs
+                for i in range(1, len(cmd), 4):
+                    sub = subs.get(cmd[i])
+                    if sub is not None:
+                        meta = cmd[i + 3] or (None, None)
+                        sub._push(Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self))
+            elif code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
+                f = self._waiters.pop(cmd[1], None)
+                if f is not None and not f.done():
+                    f.set_result(cmd[2] if code == protocol.STATUS_REPLY else None)
+            elif code == protocol.ERR:
+                e = self._core.error_of(cmd)
+                f = self._waiters.pop(cmd[3], None) if len(cmd) > 3 and cmd[3] is not None else None
+                if f is not None and not f.done():
+                    f.set_exception(e)
+                else:
+                    self.last_error = e
+                    log.warning("node reported %s", e)
+                    if self._error_cb is not None:
+                        r = self._error_cb(e)
+                        if inspect.isawaitable(r):
+                            await r
+            elif code == protocol.PING:
+                self._send(k, protocol.pack([protocol.PONG, cmd[1]]))
+
+    async def _monitor(self, k: int, mon):
+        while True:
+            ev = parse_monitor_message(await mon.recv_multipart())
+            if ev["event"] == zmq.EVENT_DISCONNECTED:
+                log.info("lost connection to worker %d of %s; reconnecting", k, self.server)
+            elif ev["event"] == zmq.EVENT_CONNECTED:
+                log.info("reconnected to worker %d of %s; resubscribing", k, self.server)
+                q = self._outq[k]
+                q.appendleft(self._core.hello())
+                q.extend(self._core.sub_frame(s._state, None) for s in list(self._subs.values())
+                         if k in s._state.targets)
+                self._wake.set()
+
+    # -- API ------------------------------------------------------------------------
+    def _check_open(self):
+        if self._closed:
+            raise TscaleError("client is closed")
+
+    def _send(self, k: int, frame: bytes):
+        b = self._core.take_batch(k)
+        if b is not None:
+            self._outq[k].append(b)
+        self._outq[k].append(frame)
+        self._wake.set()
+
+    async def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None) -> None:
+        self._check_open()
+        k = self._core.add_event(name, data, headers, reply)
+        if k < 0:
+            k = -1 - k
+            q = self._outq[k]
+            q.append(self._core.take_batch(k))
+            while len(q) > MAX_QUEUED_FRAMES:
+                self._drained.clear()
+                self._wake.set()
+                await self._drained.wait()
+        self._wake.set()
+
+    async def _call(self, k: int, frame_for, timeout: float, what: str):
+        req = self._core.next_req()
+        f = asyncio.get_running_loop().create_future()
+        self._waiters[req] = f
+        self._send(k, frame_for(req))
+        try:
+            return await asyncio.wait_for(f, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"{what}: no answer within {timeout:g}s") from None
+        finally:
+            self._waiters.pop(req, None)
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        self._check_open()
+        await asyncio.gather(*(self._call(k, lambda req: protocol.pack([protocol.PING, req]), timeout, "flush")
+                               for k in range(len(self._socks))))
+
+    async def subscribe(self, pattern: str, queue: str | None = None, cb=None, *,
+                        pending_limit: int = DEFAULT_PENDING_LIMIT, timeout: float = 5.0) -> Subscription:
+        """Returns once the node has the interest in place (no slow-joiner race)."""
+        self._check_open()
+        state = self._core.new_sub(pattern, queue)
+        sub = Subscription(self, state, cb, pending_limit)
+        self._subs[state.sid] = sub
+        try:
+            await asyncio.gather(*(self._call(k, lambda req: self._core.sub_frame(state, req), timeout,
+                                              f"subscribe {pattern!r}") for k in state.targets))
+        except BaseException:
+            self._subs.pop(state.sid, None)
+            self._core.subs.pop(state.sid, None)
+            sub._stop()
+            raise
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription, timeout: float):
+        if self._subs.pop(sub.sid, None) is None or self._closed:
+            return
+        self._core.subs.pop(sub.sid, None)
+        sub._stop()
+        await asyncio.gather(*(self._call(k, lambda req: self._core.unsub_frame(sub.sid, req), timeout,
+                                          "unsubscribe") for k in sub._state.targets))
+
+    async def request(self, name: str, data=b"", timeout: float = 1.0, headers: dict | None = None) -> Msg:
+        self._check_open()
+        if self._inbox_sub is None:
+            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
+        reply = self._core.inbox()
+        f = asyncio.get_running_loop().create_future()
+        self._reply_waiters[reply] = f
+        try:
+            await self.publish(name, data, headers=headers, reply=reply)
+            msg = await asyncio.wait_for(f, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"request {name!r}: no reply within {timeout:g}s") from None
+        finally:
+            self._reply_waiters.pop(reply, None)
+        if self._core.is_no_responders(msg.headers):
+            raise NoResponders(f"no responders for {name!r}")
+        return msg
+
+    def _on_reply(self, msg: Msg):
+        f = self._reply_waiters.pop(msg.name, None)
+        if f is not None and not f.done():
+            f.set_result(msg)
+
+    async def status(self, timeout: float = 5.0) -> dict:
+        return await self._call(0, lambda req: protocol.pack([protocol.STATUS, req]), timeout, "status")
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        for sub in list(self._subs.values()):
+            try:
+                await sub.unsubscribe(timeout)
+            except TscaleError:
+                pass
+        await self.close(timeout)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        if self._closed:
+            return
+        try:
+            await self.flush(timeout)
+        except TscaleError:
+            pass
+        for k in range(len(self._socks)):
+            self._send(k, protocol.pack([protocol.BYE]))
+        self._drained.clear()
+        self._wake.set()
+        try:
+            await asyncio.wait_for(self._drained.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+        self._closed = True
+        for sub in self._subs.values():
+            sub._stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for s in self._socks:
+            s.disable_monitor()
+            s.close(200)
+        self._ctx.term()
+
+    async def __aenter__(self):
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.close()
