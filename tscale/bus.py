@@ -21,6 +21,16 @@ SNAPSHOT = 6       # [SNAPSHOT, from, epoch, [[pattern, group, count], ...]]
 WORKER_DOWN = 7    # [WORKER_DOWN, -1, index]               (all.) from the supervisor
 NODE_STATUS = 8    # [NODE_STATUS, -1, status]              (all.) from the supervisor
 STATS = 9          # [STATS, from, stats]                   (sup.) from a worker
+# cluster: supervisor <-> workers
+PEERS = 10             # [PEERS, -1, {peer_id: {host, ports, name}}]   current overlay neighbours
+PEER_INTEREST = 11     # [PEER_INTEREST, -1, peer_id, replace, [[pattern, group, n], ...]]
+SYNC_REQ = 12          # [SYNC_REQ, -1, token]       apply everything before this, then answer
+SYNC_ACK = 13          # [SYNC_ACK, from, token]
+LOCAL_INTEREST = 14    # [LOCAL_INTEREST, from, [[pattern, group, delta], ...]]   every subscription change
+CONFIRM_REQ = 15       # [CONFIRM_REQ, from, key]    tell me when every reachable node has our interest
+CONFIRMED = 16         # [CONFIRMED, -1, key]
+CLUSTER_SNAPSHOT = 17  # [CLUSTER_SNAPSHOT, -1, epoch, peers, {peer_id: entries}]   for a (re)started worker
+FWD_PEER = 18          # [FWD_PEER, from, src_node, name, payload, meta, groups, ...]  peer events for the owner
 
 SUPERVISOR = -1
 ALL = b"all."

@@ -55,13 +55,20 @@ def up(
     log_level: Optional[str] = typer.Option(None, help="debug, info, warning or error [default info]"),
     log_format: Optional[str] = typer.Option(None, help="text or json [default text]"),
     max_payload: Optional[int] = typer.Option(None, help="largest payload accepted, bytes [default 1048576]"),
-    token: Optional[str] = typer.Option(None, help="require clients to present this token"),
+    token: Optional[str] = typer.Option(None, help="require clients and peers to present this token"),
+    join: Optional[str] = typer.Option(None, help="HOST:PORT[,HOST:PORT...] of nodes already in the cluster"),
+    cluster: Optional[str] = typer.Option(None, help="cluster name; nodes only join their own [default tscale]"),
+    no_discovery: Optional[bool] = typer.Option(None, "--no-discovery", help="do not send or listen to UDP beacons"),
+    discovery_port: Optional[int] = typer.Option(None, help="UDP port of the beacons [default 7401]"),
+    advertise: Optional[str] = typer.Option(None, help="HOST:PORT other nodes should use to reach this one"),
 ):
     """Run a node: a supervisor and one worker per core. Stops cleanly on SIGTERM/SIGINT."""
     from .config import ConfigError, load
     from .supervisor import run_node
     flags = dict(listen=listen, workers=workers, name=name, data_dir=data_dir, config=config,
-                 log_level=log_level, log_format=log_format, max_payload=max_payload, token=token)
+                 log_level=log_level, log_format=log_format, max_payload=max_payload, token=token,
+                 join=join, cluster=cluster, no_discovery=no_discovery, discovery_port=discovery_port,
+                 advertise=advertise)
     try:
         cfg = load(flags)
     except ConfigError as exc:

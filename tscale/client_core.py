@@ -55,13 +55,14 @@ def parse_address(addr: str) -> tuple[str, int]:
 
 
 class SubState:
-    __slots__ = ("sid", "pattern", "queue", "targets")
+    __slots__ = ("sid", "pattern", "queue", "targets", "confirm")
 
-    def __init__(self, sid: int, pattern: str, queue: str | None, targets: list[int]):
+    def __init__(self, sid: int, pattern: str, queue: str | None, targets: list[int], confirm: str | None):
         self.sid = sid
         self.pattern = pattern
         self.queue = queue
         self.targets = targets
+        self.confirm = confirm
 
 
 class ClientCore:
@@ -143,17 +144,21 @@ class ClientCore:
         return frame
 
     # -- subscriptions ------------------------------------------------------
-    def new_sub(self, pattern: str, queue: str | None) -> SubState:
+    def new_sub(self, pattern: str, queue: str | None, confirm: str | None = None) -> SubState:
         e = pattern_error(pattern)
         if e is not None:
             raise TscaleError(e)
+        if confirm not in (None, "node", "cluster"):
+            raise TscaleError("confirm must be 'node' (default) or 'cluster'")
         sid = next(self._sids)
         targets = [crc32(pattern.encode()) % self.workers] if is_literal(pattern) else list(range(self.workers))
-        s = SubState(sid, pattern, queue, targets)
+        s = SubState(sid, pattern, queue, targets, None if confirm == "node" else confirm)
         self.subs[sid] = s
         return s
 
     def sub_frame(self, s: SubState, req: int | None) -> bytes:
+        if s.confirm and req is not None:
+            return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req, {"confirm": s.confirm}])
         return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req])
 
     def unsub_frame(self, sid: int, req: int | None) -> bytes:

@@ -29,6 +29,12 @@ class NodeConfig:
     token: str = ""                  # "" = no authentication
     client_hwm: int = 1000           # frames queued per client before drops are counted
     max_subs_per_conn: int = 100_000
+    cluster: str = "tscale"          # nodes only join others with the same cluster name
+    join: str = ""                   # comma-separated HOST:PORT seeds
+    no_discovery: int = 0            # 1 = no UDP beacons
+    discovery_port: int = 7401
+    advertise: str = ""              # HOST:PORT others should use to reach us (NAT)
+    max_children: int = 8            # overlay fan-out bound
 
     def resolved(self) -> "NodeConfig":
         """Fill in the computed defaults and validate."""
@@ -49,9 +55,19 @@ class NodeConfig:
             raise ConfigError(f"log format {c.log_format!r}: use text or json")
         if not 1 <= c.max_payload <= 64 * 1024 * 1024:
             raise ConfigError("max_payload must be between 1 byte and 64 MiB")
+        for seed in c.join_list():
+            parse_hostport(seed)
+        if c.advertise:
+            parse_hostport(c.advertise)
+        if not c.cluster or not c.cluster.isprintable() or len(c.cluster) > 64:
+            raise ConfigError(f"cluster name {c.cluster!r}: 1..64 printable characters")
         if c.workers > 256:
             raise ConfigError("workers must be at most 256")
         return c
+
+
+    def join_list(self) -> list[str]:
+        return [s.strip() for s in self.join.split(",") if s.strip()]
 
 
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -74,7 +90,11 @@ _TYPES = {f.name: f.type for f in fields(NodeConfig)}
 
 def _coerce(key: str, value):
     typ = _TYPES[key]
+    if isinstance(value, list):
+        value = ",".join(map(str, value))
     try:
+        if typ in (int, "int") and isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
+            return int(value.lower() in ("true", "yes", "on"))
         return int(value) if typ in (int, "int") else str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key}: expected {typ}, got {value!r}") from None

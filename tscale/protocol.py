@@ -21,6 +21,7 @@ PING = 5       # [PING, token]            both directions
 PONG = 6       # [PONG, token]            both directions
 STATUS = 7     # [STATUS, req]
 BYE = 8        # [BYE]
+PEER_EVENTS = 9  # [PEER_EVENTS, src_node, name, payload, meta, groups|nil, ...]  node -> node
 # server -> client
 WELCOME = 16   # [WELCOME, version, info]
 MSG = 17       # [MSG, sid, name, payload, meta, ...]
@@ -30,7 +31,7 @@ STATUS_REPLY = 20  # [STATUS_REPLY, req, status]
 
 COMMAND_NAMES = {
     HELLO: "HELLO", PUB: "PUB", SUB: "SUB", UNSUB: "UNSUB", PING: "PING", PONG: "PONG",
-    STATUS: "STATUS", BYE: "BYE", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
+    STATUS: "STATUS", BYE: "BYE", PEER_EVENTS: "PEER_EVENTS", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
     STATUS_REPLY: "STATUS_REPLY",
 }
 

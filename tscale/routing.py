@@ -39,7 +39,10 @@ class Subscription:
 
 
 class LinkInterest:
-    """Aggregated interest of everything behind one link for one (pattern, group)."""
+    """Aggregated interest of everything behind one link for one (pattern, group).
+
+    Links to other workers of this host have int ids; links to peer nodes have
+    str ids (the peer's node id)."""
 
     __slots__ = ("link", "pattern", "group", "count")
 
@@ -61,33 +64,45 @@ class GroupPicker:
         self.slots = slots
         self._next = 0
 
-    def pick(self):
+    def pick(self, exclude=None):
+        """Next member; never one behind link `exclude` (where the event came from)."""
         slots = self.slots
         n = len(slots)
         start = self._next
+        fallback = None
         for k in range(n):
             i = (start + k) % n
             m = slots[i]
-            if type(m) is not Subscription or not m.conn.blocked:
+            if type(m) is Subscription:
+                if not m.conn.blocked:
+                    self._next = i + 1
+                    return m
+                if fallback is None:
+                    fallback = m
+            elif m.link != exclude:
                 self._next = i + 1
                 return m
-        # Everyone is blocked: keep rotating; the send will count a drop.
+        # Every eligible member is blocked: keep rotating; the send will count a drop.
         self._next = start + 1
-        return slots[start % n]
+        return fallback
 
 
 class Route:
     """Resolved delivery plan for one event name."""
 
-    __slots__ = ("owner", "local", "proxied", "links", "groups", "proxied_groups", "empty")
+    __slots__ = ("owner", "local", "proxied", "links", "peers", "groups", "group_map",
+                 "proxied_groups", "shared", "empty")
 
     def __init__(self, owner):
         self.owner = owner
         self.local: list = []          # (conn, sid) of plain local subscriptions
         self.proxied: list = []        # the subset on proxied connections
-        self.links: list = []          # links with plain interest
-        self.groups: list = []         # (key, GroupPicker over local + link members)
+        self.links: list = []          # other workers of this host with plain interest
+        self.peers: list = []          # peer nodes with plain interest
+        self.groups: list = []         # (key, picker over this host's members or None, picker over all)
+        self.group_map: dict = {}      # key -> picker over all members (for events from peers)
         self.proxied_groups: dict = {}  # key -> GroupPicker over local proxied members
+        self.shared = False            # anything beyond local plain subscriptions
         self.empty = True
 
 
@@ -149,6 +164,14 @@ class RoutingTable:
             self._trie.remove(li.pattern, li)
         self._cache.clear()
 
+    def apply_link_entries(self, link, entries, replace: bool) -> None:
+        """Apply [pattern, group, n] entries for a link: counts if `replace`, else deltas."""
+        if replace:
+            self.replace_link(link, entries)
+        else:
+            for pattern, group, delta in entries:
+                self.add_link_interest(link, pattern, group, delta)
+
     def link_interest(self, link=None) -> list:
         """(link, pattern, group, count) entries, optionally for one link."""
         return [(li.link, li.pattern, li.group, li.count)
@@ -169,6 +192,7 @@ class RoutingTable:
         groups: dict[str, list] = {}
         pgroups: dict[str, list] = {}
         links = []
+        peers = []
         for m in self._trie.match(name):
             if type(m) is Subscription:
                 if m.group is None:
@@ -181,15 +205,22 @@ class RoutingTable:
                     if not m.conn.direct:
                         pgroups.setdefault(key, []).append(m)
             elif m.group is None:
-                if m.link not in links:
-                    links.append(m.link)
+                target = peers if type(m.link) is str else links
+                if m.link not in target:
+                    target.append(m.link)
             else:
                 key = group_key(m.pattern, m.group)
                 groups.setdefault(key, []).extend([m] * m.count)
         r.links = links
-        r.groups = [(k, GroupPicker(v)) for k, v in groups.items()]
+        r.peers = peers
+        for k, v in groups.items():
+            here = [m for m in v if type(m) is Subscription or type(m.link) is not str]
+            every = GroupPicker(v)
+            r.groups.append((k, GroupPicker(here) if here else None, every))
+            r.group_map[k] = every
         r.proxied_groups = {k: GroupPicker(v) for k, v in pgroups.items()}
-        r.empty = not (r.local or links or groups)
+        r.shared = bool(links or peers or groups)
+        r.empty = not (r.local or r.shared)
         return r
 
     def subscriptions(self) -> int:

@@ -20,6 +20,7 @@ import psutil
 import zmq
 
 from . import __version__, bus
+from .cluster import ClusterControl
 from .config import NodeConfig, parse_hostport
 from .logs import setup
 from .protocol import pack
@@ -75,6 +76,7 @@ class Supervisor:
             "version": __version__, "max_payload": c.max_payload, "token": c.token,
             "client_hwm": c.client_hwm, "max_subs_per_conn": c.max_subs_per_conn,
             "log_level": c.log_level, "log_format": c.log_format, "data_dir": c.data_dir,
+            "cluster": c.cluster,
         }
 
     def _spawn(self, w: WorkerProc):
@@ -102,6 +104,21 @@ class Supervisor:
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.setsockopt(zmq.SUBSCRIBE, bus.SUP)
+        self.sub.setsockopt(zmq.SUBSCRIBE, bus.ALL)     # workers' WORKER_HELLO
+        self.poller = zmq.Poller()
+        self.poller.register(self.sub, zmq.POLLIN)
+        c = self.cfg
+        self.cluster = ClusterControl(self, c.cluster, self.host, self.port, c.workers, c.join_list(),
+                                      not c.no_discovery, c.discovery_port, c.advertise, self.node_id, c.name)
+        self.cluster.overlay.max_children = c.max_children
+        try:
+            self.cluster.open(self.poller)
+        except (zmq.ZMQError, OSError) as exc:
+            self.log.error("cannot open the cluster control port %s:%d or discovery port %d: %s",
+                           self.host, self.cluster.ctl_port, c.discovery_port, exc)
+            self.ctx.destroy(linger=0)
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            return 2
         for w in self.workers:
             self.sub.connect(bus.worker_endpoint(self.run_dir, w.index))
             self._spawn(w)
@@ -120,9 +137,14 @@ class Supervisor:
             self.log.info("received %s, shutting down", signal.Signals(signum).name)
         self.running = False
 
+    def bus_all(self, msg: list):
+        self.pub.send_multipart([bus.ALL, pack(msg)])
+
+    def bus_to(self, k: int, msg: list):
+        self.pub.send_multipart([bus.topic(k), pack(msg)])
+
     def _loop(self):
-        poller = zmq.Poller()
-        poller.register(self.sub, zmq.POLLIN)
+        poller = self.poller
         next_status = 0.0
         announced = False
         while self.running:
@@ -130,10 +152,13 @@ class Supervisor:
                 ready = poller.poll(50)
             except zmq.ZMQError:
                 continue
-            if ready:
-                self._drain()
             now = time.monotonic()
+            if ready:
+                if any(sock is self.sub for sock, _ in ready):
+                    self._drain(now)
+                self.cluster.handle(ready, now)
             self._watch(now)
+            self.cluster.tick(now)
             if not announced and all(w.stats for w in self.workers):
                 announced = True
                 self.log.info("node %s ready", self.cfg.name)
@@ -141,18 +166,28 @@ class Supervisor:
                 next_status = now + 1.0
                 self.pub.send_multipart([bus.ALL, pack([bus.NODE_STATUS, bus.SUPERVISOR, self.status()])])
 
-    def _drain(self):
+    def _drain(self, now: float):
         while True:
             try:
                 _topic, body = self.sub.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
             try:
-                kind, index, stats = msgpack.unpackb(body, raw=False)
+                kind, index, arg = msgpack.unpackb(body, raw=False)[:3]
             except Exception:
                 continue
-            if kind == bus.STATS and 0 <= index < len(self.workers):
-                self.workers[index].stats = stats
+            if not 0 <= index < len(self.workers):
+                continue
+            if kind == bus.STATS:
+                self.workers[index].stats = arg
+            elif kind == bus.LOCAL_INTEREST:
+                self.cluster.local_interest(index, arg)
+            elif kind == bus.CONFIRM_REQ:
+                self.cluster.confirm(index, arg, now)
+            elif kind == bus.SYNC_ACK:
+                self.cluster.worker_synced(arg, index)
+            elif kind == bus.WORKER_HELLO:
+                self.cluster.worker_snapshot(index, arg)
 
     def _watch(self, now: float):
         for w in self.workers:
@@ -182,7 +217,8 @@ class Supervisor:
             w.restart_at = now + delay
             how = f"signal {-rc}" if rc < 0 else f"exit code {rc}"
             self.log.warning("worker %d died (%s); restarting in %.2fs", w.index, how, delay)
-            self.pub.send_multipart([bus.ALL, pack([bus.WORKER_DOWN, bus.SUPERVISOR, w.index])])
+            self.bus_all([bus.WORKER_DOWN, bus.SUPERVISOR, w.index])
+            self.cluster.worker_down(w.index)
 
     def _shutdown(self):
         live = [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
@@ -199,6 +235,7 @@ class Supervisor:
                 self.log.warning("worker %d did not stop in %.0fs; killing it", w.index, STOP_GRACE)
                 w.popen.kill()
                 w.popen.wait()
+        self.cluster.close()
         self.ctx.destroy(linger=0)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         self.log.info("node %s stopped", self.cfg.name)
@@ -231,6 +268,7 @@ class Supervisor:
         totals["rss_bytes"] += sup_rss
         return {
             "schema": 1,
+            "cluster": self.cluster.status(totals),
             "node": {
                 "name": self.cfg.name, "id": self.node_id, "version": __version__,
                 "uptime_s": round(time.time() - self.started, 1), "listen": f"{self.host}:{self.port}",

@@ -24,7 +24,7 @@ import zmq
 from tscale import bus, protocol
 from tscale.connstate import Connection
 from tscale.logs import RateLimited, setup
-from tscale.protocol import (BYE, HELLO, PING, PONG, PUB, STATUS, SUB, UNSUB,
+from tscale.protocol import (BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB,
                              ProtocolError, check_meta, err, pack, unpack)
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
@@ -61,6 +61,9 @@ class Worker:
         self.fwd = [[bus.FWD, self.index] for _ in range(count)]
         self.deliver = [[bus.DELIVER, self.index] for _ in range(count)]
         self.bus_backlog: list = []
+        self.fwd_peer: dict[tuple, list] = {}     # (owner worker, source node) -> FWD_PEER buffer
+        self.peer_links: dict[str, "PeerLink"] = {}
+        self.local_changes: list = []             # subscription deltas for the supervisor (cluster interest)
         # aggregated interest of our proxied subscriptions: (pattern, group) -> count
         self.local_interest: dict[tuple, int] = {}
         self.epoch = int.from_bytes(os.urandom(4), "big")
@@ -70,7 +73,8 @@ class Worker:
         self.node_status: dict = {}
         self.started = time.time()
         self.running = True
-        self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0}
+        self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
+                      "peer_in": 0, "peer_out": 0}
 
     # -- process ------------------------------------------------------------
     def run(self) -> int:
@@ -125,7 +129,7 @@ class Worker:
                 s.connect(bus.worker_endpoint(spec["run_dir"], j))
 
     def _loop(self):
-        poller = zmq.Poller()
+        poller = self.poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
         router, sub = self.router, self.sub
@@ -144,6 +148,8 @@ class Worker:
                     self._drain_router()
                 elif sock is sub:
                     self._drain_bus()
+                else:
+                    self._drain_peer(sock)
             self._flush()
             if now >= next_tick:
                 next_tick = now + TICK
@@ -203,6 +209,11 @@ class Worker:
             self._on_hello(conn, cmd)
         elif code == STATUS and not conn.rejected:
             self._send(conn, pack([protocol.STATUS_REPLY, cmd[1] if len(cmd) > 1 else None, self.status()]))
+        elif code == PEER_EVENTS:
+            if conn.rejected:
+                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
+                return
+            self._ingest_peer(cmd[1], cmd, 2)
         elif code == BYE:
             self._remove_conn(conn)
         else:
@@ -242,6 +253,8 @@ class Worker:
             "shard": {"hash": "crc32", "count": self.count},
             "heartbeat_ms": 2000,
             "client_id": conn.ident.hex(),
+            "ctl_port": self.spec["base_port"] + self.count,
+            "cluster": self.spec.get("cluster", "tscale"),
         }
         self._send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
@@ -293,8 +306,8 @@ class Worker:
                     if len(o) == 1:
                         dirty.append(c)
                     o += (sid, name, payload, meta)
-                if r.links or r.groups:
-                    self._route_shared(r, name, payload, meta)
+                if r.shared:
+                    self._route_shared(r, name, payload, meta, None, None)
         except TypeError:
             bad = (protocol.E_MALFORMED, "event name must be a string")
         self.stats["events_in"] += (n - start) // 3
@@ -307,17 +320,29 @@ class Worker:
         return (protocol.E_PAYLOAD_TOO_LARGE,
                 f"payload of {len(payload)} bytes exceeds max_payload {self.max_payload}")
 
-    def _route_shared(self, r, name, payload, meta):
-        """Queue groups and other workers' interest: the less common part of routing."""
+    def _route_shared(self, r, name, payload, meta, src, keys):
+        """Queue groups, other workers and peer nodes: the less common part of routing.
+
+        `src` is the peer node the event came from (None if it entered here) and
+        `keys` the queue groups that node asked us to serve.  A group picks a
+        member of this node if it has one and the event entered here; otherwise
+        any member, weighted by member counts, never back towards `src`.
+        """
         picks = None
-        dirty = self.dirty
-        for key, picker in r.groups:
-            m = picker.pick()
-            if type(m) is Subscription:
+        if src is None:
+            chosen = [(key, (here or every).pick()) for key, here, every in r.groups]
+        elif keys:
+            chosen = [(key, r.group_map[key].pick(src) if key in r.group_map else None) for key in keys]
+        else:
+            chosen = ()
+        for key, m in chosen:
+            if m is None:
+                self.stats["dropped"] += 1    # the group's members left while the event was in flight
+            elif type(m) is Subscription:
                 c = m.conn
                 o = c.out
                 if len(o) == 1:
-                    dirty.append(c)
+                    self.dirty.append(c)
                 o += (m.sid, name, payload, meta)
             else:
                 if picks is None:
@@ -326,9 +351,50 @@ class Worker:
         deliver = self.deliver
         for link in r.links:
             deliver[link] += (name, payload, meta, picks.pop(link, None) if picks else None)
+        for peer in r.peers:
+            if peer != src:
+                self._to_peer(peer, name, payload, meta, picks.pop(peer, None) if picks else None)
         if picks:
-            for link, keys in picks.items():
-                deliver[link] += (name, payload, meta, keys)
+            for link, ks in picks.items():
+                if type(link) is str:
+                    self._to_peer(link, name, payload, meta, ks)
+                else:
+                    deliver[link] += (name, payload, meta, ks)
+
+    def _to_peer(self, peer: str, name, payload, meta, keys):
+        link = self.peer_links.get(peer)
+        if link is None:
+            self.stats["dropped"] += 1
+            return
+        link.out += (name, payload, meta, keys)
+
+    def _ingest_peer(self, src, cmd: list, start: int):
+        """Events from peer node `src`: [name, payload, meta, groups] quadruples."""
+        me = self.index
+        route = self.table.route
+        dirty = self.dirty
+        n = len(cmd)
+        try:
+            for i in range(start, n - 3, 4):
+                name = cmd[i]
+                r = route(name)
+                payload, meta, keys = cmd[i + 1], cmd[i + 2], cmd[i + 3]
+                if r.owner != me:
+                    buf = self.fwd_peer.get((r.owner, src))
+                    if buf is None:
+                        buf = self.fwd_peer[(r.owner, src)] = [bus.FWD_PEER, me, src]
+                    buf += (name, payload, meta, keys)
+                    continue
+                for c, sid in r.local:
+                    o = c.out
+                    if len(o) == 1:
+                        dirty.append(c)
+                    o += (sid, name, payload, meta)
+                if r.shared:
+                    self._route_shared(r, name, payload, meta, src, keys)
+        except (TypeError, AttributeError):
+            self.rlog.warning(("peer-bad", src), "malformed events from peer %s dropped", src)
+        self.stats["peer_in"] += (n - start) // 4
 
     def _deliver_proxied(self, cmd: list):
         """Events the owner sent us for our proxied subscriptions."""
@@ -366,10 +432,11 @@ class Worker:
         if conn.rejected:
             self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
             return
-        if len(cmd) != 5:
-            self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req]")
+        if len(cmd) not in (5, 6):
+            self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req, options?]")
             return
-        _, sid, pattern, group, req = cmd
+        _, sid, pattern, group, req = cmd[:5]
+        opts = cmd[5] if len(cmd) == 6 else None
         if type(sid) is not int:
             self._error(conn, protocol.E_BAD_SID, "sid must be an integer", req)
             return
@@ -380,21 +447,35 @@ class Worker:
         if e is not None:
             self._error(conn, protocol.E_BAD_PATTERN, e, req)
             return
+        cluster = type(opts) is dict and opts.get("confirm") == "cluster"
         old = conn.subs.get(sid)
         if old is not None:
-            if old.pattern == pattern and old.group == group:
+            if old.pattern == pattern and old.group == group and not cluster:
                 self._send(conn, protocol.ok(req))
                 return
             self._unsubscribe(conn, old)
         if len(conn.subs) >= self.max_subs:
             self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection", req)
             return
-        s = Subscription(conn, sid, pattern, group)
-        conn.subs[sid] = s
-        self.table.add(s)
-        waiting = self._announce(s, +1, want_ack=True)
+        if old is None or old.pattern != pattern or old.group != group:
+            s = Subscription(conn, sid, pattern, group)
+            conn.subs[sid] = s
+            self.table.add(s)
+            ackkey = self.next_ack
+            self.next_ack += 1
+            waiting = self._announce(s, +1, ackkey)
+        else:
+            ackkey = self.next_ack
+            self.next_ack += 1
+            waiting = set()
+        if cluster:
+            # Confirm only once every reachable node has the interest: the supervisor
+            # runs a barrier along the overlay after our interest change.
+            self._send_local_changes()
+            self._bus_send(bus.SUP, pack([bus.CONFIRM_REQ, self.index, ackkey]))
+            waiting.add(bus.SUPERVISOR)
         if waiting:
-            self.pending_acks[self.next_ack - 1] = [conn, req, waiting, self.now + ACK_TIMEOUT]
+            self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT + (3.0 if cluster else 0.0)]
         else:
             self._send(conn, protocol.ok(req))
 
@@ -410,7 +491,7 @@ class Worker:
     def _unsubscribe(self, conn: Connection, s: Subscription):
         del conn.subs[s.sid]
         self.table.remove(s)
-        self._announce(s, -1, want_ack=False)
+        self._announce(s, -1, None)
 
     def _interest_targets(self, pattern: str) -> list[int]:
         if is_literal(pattern):
@@ -418,8 +499,10 @@ class Worker:
             return [] if owner == self.index else [owner]
         return [j for j in range(self.count) if j != self.index]
 
-    def _announce(self, s: Subscription, delta: int, want_ack: bool) -> set:
-        """Tell the owners about a proxied subscription; returns the workers to wait for."""
+    def _announce(self, s: Subscription, delta: int, ackkey) -> set:
+        """Tell the supervisor (cluster interest) and, for a proxied subscription, the
+        owner workers; returns the workers whose confirmation to wait for."""
+        self.local_changes.append([s.pattern, s.group, delta])
         if s.conn.direct:
             return set()
         key = (s.pattern, s.group)
@@ -431,14 +514,15 @@ class Worker:
         targets = self._interest_targets(s.pattern)
         if not targets:
             return set()
-        ackkey = None
-        if want_ack:
-            ackkey = self.next_ack
-            self.next_ack += 1
         body = pack([bus.INTEREST, self.index, delta, s.pattern, s.group, ackkey])
         for t in targets:
             self._bus_send(bus.topic(t), body)
-        return set(targets) & self.synced if want_ack else set()
+        return set(targets) & self.synced if ackkey is not None else set()
+
+    def _send_local_changes(self):
+        if self.local_changes:
+            self._bus_send(bus.SUP, pack([bus.LOCAL_INTEREST, self.index, self.local_changes]))
+            self.local_changes = []
 
     def _snapshot_for(self, j: int) -> list:
         return [[p, g, c] for (p, g), c in self.local_interest.items()
@@ -481,10 +565,26 @@ class Worker:
                     if frm not in self.synced:
                         self.synced.add(frm)
                         self.log.debug("synced with worker %d", frm)
+            elif kind == bus.FWD_PEER:
+                self._ingest_peer(cmd[2], cmd, 3)
             elif kind == bus.WORKER_DOWN:
                 self._worker_down(cmd[2])
             elif kind == bus.NODE_STATUS:
                 self.node_status = cmd[2]
+            elif kind == bus.PEER_INTEREST:
+                self.table.apply_link_entries(cmd[2], cmd[4], cmd[3])
+            elif kind == bus.PEERS:
+                self._set_peers(cmd[2])
+            elif kind == bus.SYNC_REQ:
+                self._bus_send(bus.SUP, pack([bus.SYNC_ACK, self.index, cmd[2]]))
+            elif kind == bus.CONFIRMED:
+                self._acked(bus.SUPERVISOR, cmd[2])
+            elif kind == bus.CLUSTER_SNAPSHOT:
+                if cmd[2] == self.epoch:
+                    self._set_peers(cmd[3])
+                    for peer, entries in cmd[4].items():
+                        self.table.replace_link(peer, entries)
+                    self.synced.add(bus.SUPERVISOR)
 
     def _acked(self, frm: int, ackkey: int):
         p = self.pending_acks.get(ackkey)
@@ -540,10 +640,80 @@ class Worker:
                     else:
                         self.stats["dropped"] += events
                     del buf[2:]
+        if self.fwd_peer:
+            for (k, _src), buf in self.fwd_peer.items():
+                if len(buf) > 3:
+                    if not self._bus_send(bus.topic(k), pack(buf), control=False):
+                        self.stats["dropped"] += (len(buf) - 3) // 4
+                    del buf[3:]
+        for link in self.peer_links.values():
+            out = link.out
+            if len(out) > 2:
+                n = (len(out) - 2) >> 2
+                try:
+                    link.sock.send(pack(out), zmq.NOBLOCK)
+                    link.events_out += n
+                    self.stats["peer_out"] += n
+                except zmq.ZMQError:
+                    link.dropped += n
+                    self.stats["dropped"] += n
+                del out[2:]
+        if self.local_changes:
+            self._send_local_changes()
         if self.dead:
             for c in self.dead:
                 self._remove_conn(c)
             self.dead.clear()
+
+    # -- peers ----------------------------------------------------------------
+    def _set_peers(self, peers: dict):
+        """Open a DEALER to each overlay neighbour's counterpart worker; close the rest."""
+        for pid in [p for p in self.peer_links if p not in peers]:
+            link = self.peer_links.pop(pid)
+            self.poller.unregister(link.sock)
+            link.sock.close(0)
+            self.table.clear_link(pid)
+            self.log.info("peer %s (%s) gone", link.name, pid)
+        for pid, info in peers.items():
+            if pid in self.peer_links:
+                continue
+            ports = info["ports"]
+            endpoint = f"tcp://{info['host']}:{ports[self.index % len(ports)]}"
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, self.spec.get("client_hwm", 1000))
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.connect(endpoint)
+            link = self.peer_links[pid] = PeerLink(pid, info.get("name", ""), sock, self.spec["node_id"])
+            sock.send(self._peer_hello())
+            self.poller.register(sock, zmq.POLLIN)
+            self.log.info("peer %s (%s) linked via %s", link.name, pid, endpoint)
+
+    def _peer_hello(self) -> bytes:
+        return pack([HELLO, protocol.VERSION, {"name": "peer:" + self.spec["node_name"], "lang": "tscale-node",
+                                               "token": self.token or None, "direct": False,
+                                               "peer": self.spec["node_id"]}])
+
+    def _drain_peer(self, sock):
+        for link in self.peer_links.values():
+            if link.sock is sock:
+                break
+        else:
+            return
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                cmd = unpack(frame)
+            except ProtocolError:
+                continue
+            if cmd[0] == PING:
+                sock.send(pack([PONG, cmd[1] if len(cmd) > 1 else None]), zmq.NOBLOCK)
+            elif cmd[0] == protocol.ERR and cmd[1] == protocol.E_NOT_AUTHORIZED:
+                sock.send(self._peer_hello(), zmq.NOBLOCK)   # the peer worker restarted: greet it again
 
     def _send(self, conn: Connection, frame: bytes) -> bool:
         try:
@@ -596,7 +766,7 @@ class Worker:
             for c in self.blocked:
                 c.blocked = False
             self.blocked.clear()
-        if len(self.synced) < self.count - 1:
+        if len(self.synced) < self.count:   # the other workers and the supervisor
             self._bus_send(bus.ALL, pack([bus.WORKER_HELLO, self.index, self.epoch]))
         for key in [a for a, p in self.pending_acks.items() if p[3] < now]:
             conn, req, waiting, _ = self.pending_acks.pop(key)
@@ -614,6 +784,8 @@ class Worker:
 
     def worker_stats(self) -> dict:
         slow = sorted((c for c in self.conns.values() if c.drops), key=lambda c: -c.drops)[:10]
+        peers = {pid: {"name": l.name, "events_out": l.events_out, "dropped": l.dropped}
+                 for pid, l in self.peer_links.items()}
         return {
             "index": self.index,
             "pid": os.getpid(),
@@ -622,6 +794,7 @@ class Worker:
             "uptime_s": round(time.time() - self.started, 1),
             **self.stats,
             "slow_clients": [{"client": c.label(), "dropped": c.drops} for c in slow],
+            "peers": peers,
         }
 
     def _send_stats(self):
@@ -647,3 +820,17 @@ class Worker:
         return st
 
 
+
+
+class PeerLink:
+    """This worker's DEALER to its counterpart worker on an overlay neighbour."""
+
+    __slots__ = ("peer", "name", "sock", "out", "events_out", "dropped")
+
+    def __init__(self, peer: str, name: str, sock, node_id: str):
+        self.peer = peer
+        self.name = name
+        self.sock = sock
+        self.out: list = [PEER_EVENTS, node_id]
+        self.events_out = 0
+        self.dropped = 0

@@ -1,0 +1,554 @@
+"""Cluster control plane, run by the supervisor: discovery, links, interest.
+
+It is never on the path of an event.  It finds other nodes (UDP beacons,
+--join seeds, gossip), keeps this node's overlay links (one parent, some
+children; see overlay.py) alive with heartbeats, aggregates interest per link
+(interest.py) and tells the workers which peers exist and what each wants.
+Workers then carry events to peers themselves.
+
+Control frames (msgpack arrays) between supervisors, over the control port
+(= listen port + worker count), DEALER (child, prober) -> ROUTER (parent):
+  [PROBE, info, members] -> [MEMBERS, info, members]
+  [ATTACH, info, members] -> [ACCEPT, info, members] | [REFUSE, info, reason]
+  [HB, members|nil, sent_at, echo_of]     both ways every 0.5 s
+  [INTEREST, seq, replace, [[pattern, group, count_or_delta], ...]]
+  [RESYNC]                                 ask for a full INTEREST snapshot
+  [SYNC, token] -> [SYNC_ACK, token]       interest barrier (confirmed subscribe)
+  [BYE]
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import msgpack
+import psutil
+import zmq
+
+from . import bus
+from .client_core import ClientCore
+from .config import parse_hostport
+from .interest import InterestTable
+from .overlay import Overlay
+from .protocol import pack
+
+PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, BYE = range(101, 112)
+
+HB_EVERY = 0.5
+BEACON_EVERY = 1.0
+SEEK_EVERY = 2.0          # probe seeds / unknown beacon senders
+ATTACH_TIMEOUT = 1.0
+PROBE_TIMEOUT = 2.0
+BARRIER_TIMEOUT = 3.0
+BEACON_MAGIC = b"TSCALE1\x00"
+
+log = logging.getLogger("cluster")
+
+
+class _Barrier:
+    __slots__ = ("reply_to", "waiting", "deadline")
+
+    def __init__(self, reply_to, waiting: set, deadline: float):
+        self.reply_to = reply_to
+        self.waiting = waiting
+        self.deadline = deadline
+
+
+class ClusterControl:
+    def __init__(self, sup, cluster: str, host: str, port: int, workers: int, join: list[str],
+                 discovery: bool, discovery_port: int, advertise: str, node_id: str, name: str):
+        self.sup = sup
+        self.ctx: zmq.Context = sup.ctx
+        self.bind_host = host
+        self.ctl_port = port + workers
+        adv_host, adv_port = parse_hostport(advertise, port) if advertise else (host, port)
+        me = {"id": node_id, "name": name, "cluster": cluster,
+              "host": None if adv_host in ("0.0.0.0", "", "*") else adv_host,
+              "port": adv_port, "ctl": self.ctl_port + (adv_port - port), "workers": workers,
+              "started": time.time(), "v": 1}
+        self.overlay = Overlay(me)
+        self.interest = InterestTable()
+        self.per_worker: dict[int, dict] = {}
+        self.seeds = [parse_hostport(s) for s in join]
+        self.discovery = discovery
+        self.discovery_port = discovery_port
+        self.parent_sock: zmq.Socket | None = None
+        self.probes: dict[str, tuple] = {}        # endpoint -> (socket, deadline, kind)
+        self.beaconed: dict[str, tuple] = {}      # node id -> (ip, ctl) heard by beacon
+        self.out_seq: dict[str, int] = {}
+        self.in_seq: dict[str, int] = {}
+        self.rtt: dict[str, float] = {}
+        self.ctl_msgs: dict[str, int] = {}
+        self.barriers: dict[int, _Barrier] = {}
+        self.next_token = 1
+        self.next_hb = self.next_beacon = self.next_seek = 0.0
+        self.udp: socket.socket | None = None
+        self.stats_in = self.stats_out = 0
+
+    # -- sockets ----------------------------------------------------------------
+    def open(self, poller: zmq.Poller):
+        r = self.router = self.ctx.socket(zmq.ROUTER)
+        r.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        r.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a node that reconnects replaces its stale link
+        r.setsockopt(zmq.LINGER, 0)
+        r.bind(f"tcp://{self.bind_host}:{self.ctl_port}")
+        self.poller = poller
+        poller.register(r, zmq.POLLIN)
+        if self.discovery:
+            u = self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            u.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            u.bind(("", self.discovery_port))
+            u.setblocking(False)
+            poller.register(u.fileno(), zmq.POLLIN)
+        log.info("cluster %r: control port %d, discovery %s, seeds %s", self.overlay.me["cluster"], self.ctl_port,
+                 f"on UDP {self.discovery_port}" if self.discovery else "off",
+                 ", ".join(f"{h}:{p}" for h, p in self.seeds) or "none")
+
+    def close(self):
+        for mid in self.overlay.neighbours():
+            self._send(mid, pack([BYE]))
+        if self.udp is not None:
+            self._beacon(bye=True)
+            self.udp.close()
+        for sock, _, _ in self.probes.values():
+            sock.close(0)
+        if self.parent_sock is not None:
+            self.parent_sock.close(100)
+        self.router.close(100)
+
+    def _dealer(self, endpoint: str, identity: bool) -> zmq.Socket:
+        s = self.ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.IMMEDIATE, 1)
+        if identity:
+            s.setsockopt(zmq.IDENTITY, self.overlay.id.encode())
+        s.connect(endpoint)
+        self.poller.register(s, zmq.POLLIN)
+        return s
+
+    def _drop_socket(self, s: zmq.Socket):
+        try:
+            self.poller.unregister(s)
+        except KeyError:
+            pass
+        s.close(0)
+
+    def _endpoint(self, info: dict) -> str | None:
+        host = info.get("host")
+        return f"tcp://{host}:{info['ctl']}" if host else None
+
+    # -- sending ---------------------------------------------------------------------
+    def _send(self, mid: str, frame: bytes) -> bool:
+        try:
+            if mid == self.overlay.parent or mid == self.overlay.pending_parent:
+                if self.parent_sock is None:
+                    return False
+                self.parent_sock.send(frame, zmq.NOBLOCK)
+            else:
+                self.router.send_multipart([mid.encode(), frame], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError:
+            return False
+
+    def _send_interest(self, mid: str, entries, replace: bool):
+        seq = self.out_seq.get(mid, 0) + 1
+        self.out_seq[mid] = seq
+        if not self._send(mid, pack([INTEREST, seq, replace, [list(e) for e in entries]])):
+            self.out_seq[mid] = -1   # forces a resync at the next message we get from it
+
+    def _fan_interest(self, changes: dict):
+        for mid, entries in changes.items():
+            if entries:
+                self._send_interest(mid, entries, False)
+
+    # -- bus towards the workers -------------------------------------------------------
+    def peers_doc(self) -> dict:
+        out = {}
+        for mid in self.overlay.neighbours():
+            info = self.overlay.members.get(mid)
+            if info and info.get("host"):
+                out[mid] = {"host": info["host"], "ports": [info["port"] + i for i in range(info["workers"])],
+                            "name": info.get("name", "")}
+        return out
+
+    def _publish_peers(self):
+        self.sup.bus_all([bus.PEERS, bus.SUPERVISOR, self.peers_doc()])
+
+    def _publish_peer_interest(self, mid: str, entries, replace: bool):
+        self.sup.bus_all([bus.PEER_INTEREST, bus.SUPERVISOR, mid, replace, [list(e) for e in entries]])
+
+    def worker_snapshot(self, k: int, epoch: int):
+        """Everything a (re)started worker needs about the cluster."""
+        tables = {mid: [[p, g, n] for (p, g), n in t.items()] for mid, t in self.interest.links.items()}
+        self.sup.bus_to(k, [bus.CLUSTER_SNAPSHOT, bus.SUPERVISOR, epoch, self.peers_doc(), tables])
+
+    # -- from the workers ----------------------------------------------------------------
+    def local_interest(self, k: int, entries):
+        table = self.per_worker.setdefault(k, {})
+        for p, g, d in entries:
+            n = table.get((p, g), 0) + d
+            if n > 0:
+                table[(p, g)] = n
+            else:
+                table.pop((p, g), None)
+        self._fan_interest(self.interest.local_delta(entries))
+
+    def worker_down(self, k: int):
+        table = self.per_worker.pop(k, {})
+        if table:
+            self._fan_interest(self.interest.local_delta([(p, g, -n) for (p, g), n in table.items()]))
+
+    def confirm(self, k: int, token: int, now: float):
+        """A worker asks: tell me when every reachable node has our interest."""
+        self._start_barrier(("worker", k, token), None, now, local_workers=False)
+
+    def worker_synced(self, token: int, k: int):
+        b = self.barriers.get(token)
+        if b is not None:
+            b.waiting.discard(("w", k))
+            self._maybe_finish(token)
+
+    # -- barriers ---------------------------------------------------------------------
+    def _start_barrier(self, reply_to, exclude: str | None, now: float, local_workers: bool):
+        token = self.next_token
+        self.next_token += 1
+        waiting = set()
+        for mid in self.overlay.neighbours():
+            if mid != exclude and self._send(mid, pack([SYNC, token])):
+                waiting.add(mid)
+        if local_workers:
+            for w in self.sup.workers:
+                if w.alive:
+                    waiting.add(("w", w.index))
+            self.sup.bus_all([bus.SYNC_REQ, bus.SUPERVISOR, token])
+        self.barriers[token] = _Barrier(reply_to, waiting, now + BARRIER_TIMEOUT)
+        self._maybe_finish(token)
+
+    def _maybe_finish(self, token: int, force: bool = False):
+        b = self.barriers.get(token)
+        if b is None or (b.waiting and not force):
+            return
+        del self.barriers[token]
+        kind = b.reply_to[0]
+        if kind == "worker":
+            self.sup.bus_to(b.reply_to[1], [bus.CONFIRMED, bus.SUPERVISOR, b.reply_to[2]])
+        else:
+            self._send(b.reply_to[1], pack([SYNC_ACK, b.reply_to[2]]))
+
+    # -- input ------------------------------------------------------------------------
+    def handle(self, ready: list, now: float) -> bool:
+        """Process ready sockets that belong to us; returns True if any did."""
+        mine = False
+        for sock, _ in ready:
+            if sock is self.router:
+                mine = True
+                self._drain_router(now)
+            elif sock is self.parent_sock:
+                mine = True
+                self._drain_parent(now)
+            elif self.udp is not None and sock == self.udp.fileno():
+                mine = True
+                self._drain_udp(now)
+            else:
+                for ep, (ps, _, kind) in list(self.probes.items()):
+                    if ps is sock:
+                        mine = True
+                        self._drain_probe(ep, ps, kind, now)
+        return mine
+
+    def _drain_router(self, now: float):
+        while True:
+            try:
+                ident, frame = self.router.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                cmd = msgpack.unpackb(frame.bytes, raw=False)
+                mid = ident.bytes.decode()
+            except Exception:
+                continue
+            peer_ip = frame.get("Peer-Address")
+            self._on_message(mid, cmd, now, peer_ip, via_router=True)
+
+    def _drain_parent(self, now: float):
+        while self.parent_sock is not None:
+            try:
+                frame = self.parent_sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                cmd = msgpack.unpackb(frame.bytes, raw=False)
+            except Exception:
+                continue
+            mid = self.overlay.parent or self.overlay.pending_parent
+            if mid is not None:
+                self._on_message(mid, cmd, now, frame.get("Peer-Address"), via_router=False)
+
+    def _fix_host(self, info: dict, peer_ip: str | None):
+        if not info.get("host") and peer_ip:
+            info["host"] = peer_ip
+
+    def _on_message(self, mid: str, cmd: list, now: float, peer_ip, via_router: bool):
+        ov = self.overlay
+        code = cmd[0]
+        self.ctl_msgs[mid] = self.ctl_msgs.get(mid, 0) + 1
+        if mid in ov.neighbours():
+            ov.heard_from(mid, now)
+        if code == HB:
+            if cmd[1]:
+                self._learn(cmd[1], now, peer_ip if mid == cmd[1][0].get("id") else None)
+            if cmd[2] is not None:   # echo the sender's clock so it can measure the round trip
+                self._send(mid, pack([HB, None, None, cmd[2]]))
+            if cmd[3] is not None:
+                self.rtt[mid] = max(0.0, time.monotonic() - cmd[3])
+            if mid in ov.neighbours() and self.in_seq.get(mid) == -1:
+                self._send(mid, pack([RESYNC]))
+            return
+        if code == PROBE and via_router:
+            self._fix_host(cmd[1], peer_ip)
+            self._learn([cmd[1]] + list(cmd[2]), now)
+            self.router.send_multipart([mid.encode(), pack([MEMBERS, ov.my_entry(), ov.gossip()])])
+        elif code == ATTACH and via_router:
+            self._fix_host(cmd[1], peer_ip)
+            self._learn([cmd[1]] + list(cmd[2]), now)
+            why = ov.may_accept_child(mid)
+            if why is not None or mid not in ov.members:
+                self.router.send_multipart([mid.encode(), pack([REFUSE, ov.my_entry(), why or "unknown member"])])
+                return
+            fresh = mid not in ov.children
+            ov.add_child(mid, now)
+            self.router.send_multipart([mid.encode(), pack([ACCEPT, ov.my_entry(), ov.gossip()])])
+            self._link_up(mid, now)
+            if fresh:
+                log.info("node %s (%s) attached as child", ov.members[mid].get("name"), mid)
+        elif code == ACCEPT and not via_router and mid == ov.pending_parent:
+            self._learn([cmd[1]] + list(cmd[2]), now)
+            ov.accepted(mid, now)
+            self._link_up(mid, now)
+            log.info("attached to parent %s (%s)", ov.members.get(mid, {}).get("name"), mid)
+        elif code == REFUSE and not via_router and mid == ov.pending_parent:
+            log.info("node %s refused to be our parent: %s", mid, cmd[2])
+            self._close_parent()
+            ov.drop(mid, now, "refused")
+        elif code == INTEREST:
+            if mid not in ov.neighbours():
+                return
+            seq, replace, entries = cmd[1], cmd[2], cmd[3]
+            expected = self.in_seq.get(mid, 0) + 1
+            if replace:
+                self.in_seq[mid] = seq
+                self._fan_interest(self.interest.link_replace(mid, entries))
+                self._publish_peer_interest(mid, entries, True)
+            elif seq == expected:
+                self.in_seq[mid] = seq
+                self._fan_interest(self.interest.link_delta(mid, entries))
+                self._publish_peer_interest(mid, entries, False)
+            else:
+                self.in_seq[mid] = -1
+                self._send(mid, pack([RESYNC]))
+        elif code == RESYNC:
+            if mid in ov.neighbours():
+                self._send_interest(mid, [(p, g, n) for (p, g), n in self.interest.export(mid).items()], True)
+        elif code == SYNC:
+            self._start_barrier(("peer", mid, cmd[1]), mid, now, local_workers=True)
+        elif code == SYNC_ACK:
+            b = self.barriers.get(cmd[1])
+            if b is not None:
+                b.waiting.discard(mid)
+                self._maybe_finish(cmd[1])
+        elif code == BYE:
+            if mid in ov.neighbours() or mid == ov.pending_parent:
+                self._link_down(mid, now, "bye")
+            else:
+                ov.forget(mid, now, "bye")
+
+    def _learn(self, infos, now: float, peer_ip=None):
+        infos = list(infos)
+        if peer_ip and infos:
+            self._fix_host(infos[0], peer_ip)
+        self.overlay.learn(infos, now)
+
+    def _drain_probe(self, ep: str, s: zmq.Socket, kind: str, now: float):
+        try:
+            frame = s.recv(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        self._drop_socket(s)
+        del self.probes[ep]
+        try:
+            cmd = msgpack.unpackb(frame.bytes, raw=False)
+        except Exception:
+            return
+        if kind == "seed" and cmd[0] == 16:   # WELCOME from a seed's worker: now probe its control port
+            info = cmd[2]
+            host = ep.rsplit(":", 1)[0].removeprefix("tcp://")
+            ctl = info.get("ctl_port")
+            if ctl and info.get("node_id") != self.overlay.id:
+                self._probe(f"tcp://{host}:{ctl}", now)
+        elif cmd[0] == MEMBERS:
+            self._fix_host(cmd[1], frame.get("Peer-Address"))
+            self._learn([cmd[1]] + list(cmd[2]), now)
+
+    def _drain_udp(self, now: float):
+        while True:
+            try:
+                data, (ip, _port) = self.udp.recvfrom(2048)
+            except (BlockingIOError, OSError):
+                return
+            if not data.startswith(BEACON_MAGIC):
+                continue
+            try:
+                b = msgpack.unpackb(data[len(BEACON_MAGIC):], raw=False)
+                mid, cluster, ctl = b["id"], b["c"], int(b["k"])
+            except Exception:
+                continue
+            if mid == self.overlay.id or cluster != self.overlay.me["cluster"]:
+                continue
+            if b.get("bye"):
+                if mid in self.overlay.neighbours():
+                    self._link_down(mid, now, "bye")
+                else:
+                    self.overlay.forget(mid, now, "bye")
+                self.beaconed.pop(mid, None)
+                continue
+            if mid not in self.overlay.members and mid not in self.beaconed:
+                log.info("heard beacon from node %s at %s", mid, ip)
+                self._probe(f"tcp://{ip}:{ctl}", now)
+            self.beaconed[mid] = (ip, ctl)
+
+    # -- links -------------------------------------------------------------------------
+    def _link_up(self, mid: str, now: float):
+        self.in_seq[mid] = 0
+        self.out_seq[mid] = 0
+        snap = self.interest.add_link(mid)
+        self._send_interest(mid, snap, True)
+        self._publish_peers()
+
+    def _link_down(self, mid: str, now: float, why: str):
+        ov = self.overlay
+        was_parent = mid == ov.parent or mid == ov.pending_parent
+        name = ov.members.get(mid, {}).get("name", mid)
+        ov.drop(mid, now, why)
+        if was_parent:
+            self._close_parent()
+        self.in_seq.pop(mid, None)
+        self.out_seq.pop(mid, None)
+        self.rtt.pop(mid, None)
+        self._fan_interest(self.interest.remove_link(mid))
+        self._publish_peer_interest(mid, [], True)
+        self._publish_peers()
+        for token, b in list(self.barriers.items()):
+            if mid in b.waiting:
+                b.waiting.discard(mid)
+                self._maybe_finish(token)
+        log.warning("link to %s %s (%s); %s", "parent" if was_parent else "child", name, mid,
+                    "lost: no heartbeat" if why == "dead" else why)
+
+    def _close_parent(self):
+        if self.parent_sock is not None:
+            self._drop_socket(self.parent_sock)
+            self.parent_sock = None
+
+    def _probe(self, endpoint: str, now: float):
+        if endpoint in self.probes:
+            return
+        s = self._dealer(endpoint, identity=True)
+        s.send(pack([PROBE, self.overlay.my_entry(), self.overlay.gossip()]))
+        self.probes[endpoint] = (s, now + PROBE_TIMEOUT, "probe")
+
+    def _resolve_seed(self, host: str, port: int, now: float):
+        ep = f"tcp://{host}:{port}"
+        if ep in self.probes:
+            return
+        s = self._dealer(ep, identity=False)
+        s.send(ClientCore(name=f"tscale-node {self.overlay.me['name']}", lang="tscale-node").hello(direct=False))
+        self.probes[ep] = (s, now + PROBE_TIMEOUT, "seed")
+
+    # -- time ------------------------------------------------------------------------------
+    def tick(self, now: float):
+        ov = self.overlay
+        for ep, (s, deadline, _) in list(self.probes.items()):
+            if now > deadline:
+                self._drop_socket(s)
+                del self.probes[ep]
+        if ov.pending_parent is not None and now - ov.pending_since > ATTACH_TIMEOUT:
+            log.info("no answer from prospective parent %s", ov.pending_parent)
+            self._close_parent()
+            ov.drop(ov.pending_parent, now, "timeout")
+        for mid in ov.dead_neighbours(now):
+            self._link_down(mid, now, "dead")
+        cand = ov.parent_candidate(now)
+        if cand is not None:
+            ep = self._endpoint(ov.members[cand])
+            if ep is not None:
+                ov.asking(cand, now)
+                self.parent_sock = self._dealer(ep, identity=True)
+                self.parent_sock.send(pack([ATTACH, ov.my_entry(), ov.gossip()]))
+        if now >= self.next_hb:
+            self.next_hb = now + HB_EVERY
+            ov.tick()
+            gossip = ov.gossip() if ov.hb % 2 == 0 else None
+            for mid in ov.neighbours():
+                self._send(mid, pack([HB, gossip, time.monotonic(), None]))
+            ov.expire(now)
+        for token, b in list(self.barriers.items()):
+            if now > b.deadline:
+                log.warning("interest barrier timed out waiting for %s", sorted(map(str, b.waiting)))
+                self._maybe_finish(token, force=True)
+        if self.udp is not None and now >= self.next_beacon:
+            self.next_beacon = now + BEACON_EVERY
+            self._beacon()
+        if now >= self.next_seek:
+            self.next_seek = now + SEEK_EVERY
+            if ov.is_root() or not ov.members:
+                for host, port in self.seeds:
+                    self._resolve_seed(host, port, now)
+                for mid, (ip, ctl) in list(self.beaconed.items()):
+                    if mid not in ov.members:
+                        self._probe(f"tcp://{ip}:{ctl}", now)
+
+    def _beacon(self, bye: bool = False):
+        me = self.overlay.me
+        body = BEACON_MAGIC + pack({"v": 1, "c": me["cluster"], "id": me["id"], "p": me["port"],
+                                    "k": me["ctl"], "bye": bye})
+        for addrs in psutil.net_if_addrs().values():
+            for a in addrs:
+                if a.family == socket.AF_INET and a.broadcast and not a.address.startswith("127."):
+                    try:
+                        self.udp.sendto(body, (a.broadcast, self.discovery_port))
+                    except OSError:
+                        pass
+
+    # -- status ------------------------------------------------------------------------------
+    def status(self, node_totals: dict) -> dict:
+        ov = self.overlay
+        now = time.monotonic()
+        ov.me["stats"] = {"events_in": node_totals.get("events_in", 0),
+                          "events_out": node_totals.get("events_out", 0)}
+        members = []
+        for info in [ov.my_entry()] + list(ov.members.values()):
+            st = info.get("stats") or {}
+            members.append({"id": info["id"], "name": info.get("name", ""),
+                            "address": f"{info.get('host')}:{info.get('port')}", "workers": info.get("workers"),
+                            "uptime_s": round(time.time() - info.get("started", time.time()), 1),
+                            "events_in": st.get("events_in", 0), "events_out": st.get("events_out", 0),
+                            "self": info["id"] == ov.id})
+        links = []
+        for mid in ov.neighbours():
+            info = ov.members.get(mid, {})
+            links.append({"peer": mid, "name": info.get("name", ""), "role": "parent" if mid == ov.parent else "child",
+                          "rtt_ms": round(self.rtt[mid] * 1000, 2) if mid in self.rtt else None,
+                          "control_msgs": self.ctl_msgs.get(mid, 0)})
+        return {"name": ov.me["cluster"], "node_id": ov.id, "root": ov.is_root(), "parent": ov.parent,
+                "children": sorted(ov.children), "members": members, "links": links,
+                "lost": [{"id": x["id"], "name": x["name"], "ago_s": round(now - x["at"], 1), "why": x["why"]}
+                         for x in ov.lost],
+                "interest_entries": self.interest.total_keys(),
+                "discovery": bool(self.udp), "control_port": self.ctl_port}
+

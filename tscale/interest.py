@@ -1,0 +1,89 @@
+"""Interest aggregation per overlay link (sans-I/O).
+
+A node tells each neighbour what it wants: its own subscriptions plus what
+every *other* neighbour wants (split horizon), one entry per (pattern, group)
+with a member count.  Changes travel as deltas; after any reconnect or a gap
+in sequence numbers the link is resynced with a full snapshot (the Clone
+pattern of the ZeroMQ Guide), so tables converge after any loss.
+"""
+from __future__ import annotations
+
+Key = tuple  # (pattern, group | None)
+
+
+class InterestTable:
+    def __init__(self):
+        self.local: dict[Key, int] = {}
+        self.links: dict[object, dict[Key, int]] = {}
+
+    # -- reading --------------------------------------------------------------
+    def export(self, link) -> dict[Key, int]:
+        """What `link` must be told: local interest plus every other link's."""
+        out = dict(self.local)
+        for other, table in self.links.items():
+            if other == link:
+                continue
+            for k, n in table.items():
+                out[k] = out.get(k, 0) + n
+        return out
+
+    def total_keys(self) -> int:
+        keys = set(self.local)
+        for t in self.links.values():
+            keys.update(t)
+        return len(keys)
+
+    # -- changes: each returns {link: [(pattern, group, delta), ...]} to send ----
+    def _fan(self, changes: list, skip) -> dict:
+        if not changes:
+            return {}
+        return {link: list(changes) for link in self.links if link != skip}
+
+    @staticmethod
+    def _apply(table: dict, key: Key, delta: int) -> None:
+        n = table.get(key, 0) + delta
+        if n > 0:
+            table[key] = n
+        else:
+            table.pop(key, None)
+
+    def local_delta(self, entries) -> dict:
+        changes = []
+        for pattern, group, delta in entries:
+            self._apply(self.local, (pattern, group), delta)
+            changes.append((pattern, group, delta))
+        return self._fan(changes, None)
+
+    def set_local(self, table: dict[Key, int]) -> dict:
+        old = self.local
+        changes = [(p, g, table.get((p, g), 0) - old.get((p, g), 0)) for (p, g) in set(old) | set(table)]
+        changes = [c for c in changes if c[2]]
+        self.local = {k: v for k, v in table.items() if v > 0}
+        return self._fan(changes, None)
+
+    def add_link(self, link) -> list:
+        """A new neighbour: returns the snapshot to send it."""
+        self.links.setdefault(link, {})
+        return [(p, g, n) for (p, g), n in self.export(link).items()]
+
+    def link_delta(self, link, entries) -> dict:
+        table = self.links.setdefault(link, {})
+        changes = []
+        for pattern, group, delta in entries:
+            self._apply(table, (pattern, group), delta)
+            changes.append((pattern, group, delta))
+        return self._fan(changes, link)
+
+    def link_replace(self, link, entries) -> dict:
+        old = self.links.get(link, {})
+        new = {}
+        for pattern, group, n in entries:
+            if n > 0:
+                new[(pattern, group)] = new.get((pattern, group), 0) + n
+        changes = [(p, g, new.get((p, g), 0) - old.get((p, g), 0)) for (p, g) in set(old) | set(new)]
+        self.links[link] = new
+        return self._fan([c for c in changes if c[2]], link)
+
+    def remove_link(self, link) -> dict:
+        old = self.links.pop(link, None) or {}
+        return self._fan([(p, g, -n) for (p, g), n in old.items()], link)
