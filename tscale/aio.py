@@ -287,10 +287,13 @@ class Client:
                                for k in range(len(self._socks))))
 
     async def subscribe(self, pattern: str, queue: str | None = None, cb=None, *,
-                        pending_limit: int = DEFAULT_PENDING_LIMIT, timeout: float = 5.0) -> Subscription:
+                        pending_limit: int = DEFAULT_PENDING_LIMIT, timeout: float = 5.0,
+                  confirm: str = "node") -> Subscription:
         """Returns once the node has the interest in place (no slow-joiner race)."""
         self._check_open()
-        state = self._core.new_sub(pattern, queue)
+        if confirm == "cluster":
+            timeout = max(timeout, 10.0)
+        state = self._core.new_sub(pattern, queue, confirm)
         sub = Subscription(self, state, cb, pending_limit)
         self._subs[state.sid] = sub
         try:
