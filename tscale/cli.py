@@ -177,11 +177,12 @@ def req(
 @app.command()
 def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable (schema in docs/STATUS.md)"),
+    cluster: bool = typer.Option(False, "--cluster", help="show every node of the cluster and this node's links"),
     server: Optional[str] = ServerOpt,
 ):
-    """Show the node's state: workers, clients, traffic, drops."""
+    """Show the node's state: workers, clients, traffic, drops (--cluster: the whole cluster)."""
     from .errors import TscaleError
-    from .status_view import render_status
+    from .status_view import render_cluster, render_status
     c = _client(server, "tscale-status")
     try:
         st = c.status()
@@ -190,7 +191,12 @@ def status(
     finally:
         c.close()
     if as_json:
+        if cluster:
+            st = {"schema": st.get("schema"), "node": st.get("node"), "cluster": st.get("cluster"),
+                  "workers": [{"index": w.get("index"), "peers": w.get("peers", {})} for w in st.get("workers", [])]}
         print(json.dumps(st, indent=2, sort_keys=True))
+    elif cluster:
+        render_cluster(st)
     else:
         render_status(st)
 

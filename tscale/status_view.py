@@ -46,3 +46,43 @@ def render_status(st: dict, console: Console | None = None) -> None:
         for idx, c in slow:
             s.add_row(str(idx), c["client"], f"{c['dropped']:,}")
         console.print(s)
+
+
+def render_cluster(st: dict, console: Console | None = None) -> None:
+    """Every node this node knows, its overlay links, and nodes lost recently."""
+    console = console or Console(width=max(Console().width, 110))
+    cl = st.get("cluster") or {}
+    role = "root" if cl.get("root") else f"child of {cl.get('parent')}"
+    console.print(f"cluster [bold]{cl.get('name', '?')}[/bold]  this node {cl.get('node_id', '?')} ({role})  "
+                  f"discovery {'on' if cl.get('discovery') else 'off'}  control port {cl.get('control_port')}")
+    m = Table(title="nodes", show_header=True, header_style="bold")
+    for col in ("node", "id", "address", "workers", "uptime", "events in", "events out"):
+        m.add_column(col, justify="right" if col in ("workers", "events in", "events out") else "left")
+    for mem in cl.get("members", []):
+        m.add_row(mem["name"] + (" (this)" if mem.get("self") else ""), mem["id"], mem["address"],
+                  str(mem.get("workers")), _dur(mem.get("uptime_s", 0)), f"{mem.get('events_in', 0):,}",
+                  f"{mem.get('events_out', 0):,}")
+    console.print(m)
+    peer_traffic: dict = {}
+    for w in st.get("workers", []):
+        for pid, p in (w.get("peers") or {}).items():
+            t = peer_traffic.setdefault(pid, [0, 0])
+            t[0] += p.get("events_out", 0)
+            t[1] += p.get("dropped", 0)
+    lk = Table(title="links of this node", show_header=True, header_style="bold")
+    for col in ("peer", "id", "role", "RTT ms", "events sent", "dropped", "control msgs"):
+        lk.add_column(col)
+    for link in cl.get("links", []):
+        sent, dropped = peer_traffic.get(link["peer"], (0, 0))
+        lk.add_row(link["name"], link["peer"], link["role"],
+                   "-" if link.get("rtt_ms") is None else f"{link['rtt_ms']:.2f}", f"{sent:,}", f"{dropped:,}",
+                   str(link.get("control_msgs", 0)))
+    console.print(lk)
+    lost = cl.get("lost", [])
+    if lost:
+        t = Table(title="nodes lost recently", show_header=True)
+        for col in ("node", "id", "ago", "why"):
+            t.add_column(col)
+        for x in lost:
+            t.add_row(x["name"], x["id"], f"{x['ago_s']:.0f}s", x["why"])
+        console.print(t)
