@@ -23,7 +23,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
-from .client_core import ClientCore, Msg, SubState, parse_address
+from .client_core import BATCH_BYTES, BATCH_LEN, ClientCore, Msg, SubState, parse_address
 from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
 
 log = logging.getLogger("tscale.client")
@@ -283,9 +283,18 @@ class Client:
                         continue
                     meta = cmd[i + 3]
                     if meta is None:
-                        sub._push(Msg(cmd[i + 1], cmd[i + 2], None, None, cmd[i], self))
+                        msg = Msg(cmd[i + 1], cmd[i + 2], None, None, cmd[i], self)
                     else:
-                        sub._push(Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self))
+                        msg = Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self)
+                    cb = sub._cb
+                    if cb is None:
+                        sub._push(msg)
+                        continue
+                    sub.received += 1
+                    try:
+                        cb(msg)
+                    except Exception:
+                        log.exception("subscription callback for %r raised", sub.pattern)
             elif code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
                 w = self._waiters.pop(cmd[1], None)
                 if w is not None:
@@ -327,18 +336,33 @@ class Client:
 
     def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None) -> None:
         """Queue an event; it leaves with the next batch to the worker that owns `name`."""
-        self._check_open()
-        with self._lock:
-            k = self._core.add_event(name, data, headers, reply)
-            if k < 0:
-                k = -1 - k
-                q = self._outq[k]
-                q.append(self._core.take_batch(k))
-                if len(q) > MAX_QUEUED_FRAMES and threading.get_ident() != self._io_ident:
-                    self._wake_locked()
-                    while len(q) > MAX_QUEUED_FRAMES // 2 and not self._closed:
-                        self._drained.wait(0.5)
-        self._wake()
+        core = self._core
+        k = core.owner_cache.get(name)
+        if (k is None or type(data) is not bytes or headers is not None or reply is not None
+                or len(data) > core.max_payload or self._closed):
+            self._check_open()
+            with self._lock:
+                k = core.add_event(name, data, headers, reply)
+                if k < 0:
+                    self._batch_full(-1 - k)
+        else:   # the common case, inlined: a known name, plain bytes, no headers
+            with self._lock:
+                buf = core.out[k]
+                buf += (name, data, None)
+                n = core.out_bytes[k] = core.out_bytes[k] + len(data)
+                if n >= BATCH_BYTES or len(buf) >= BATCH_LEN:
+                    self._batch_full(k)
+        if self._sleeping:
+            os.eventfd_write(self._efd, 1)
+
+    def _batch_full(self, k: int) -> None:
+        """Called with the lock held: move worker k's full batch to its queue; apply back-pressure."""
+        q = self._outq[k]
+        q.append(self._core.take_batch(k))
+        if len(q) > MAX_QUEUED_FRAMES and threading.get_ident() != self._io_ident:
+            self._wake_locked()
+            while len(q) > MAX_QUEUED_FRAMES // 2 and not self._closed:
+                self._drained.wait(0.5)
 
     def _wake_locked(self):
         if self._sleeping:

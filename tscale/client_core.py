@@ -17,6 +17,7 @@ from .subjects import is_literal, name_error, pattern_error
 
 BATCH_EVENTS = 1000          # events per PUB frame at most
 BATCH_BYTES = 1 << 20        # payload bytes per PUB frame at most (one large event may exceed it)
+BATCH_LEN = 1 + 3 * BATCH_EVENTS   # length of a full PUB batch list
 
 
 class Msg:
@@ -78,7 +79,7 @@ class ClientCore:
         self._sids = itertools.count(1)
         self._reqs = itertools.count(1)
         self.inbox_prefix = "_INBOX." + os.urandom(8).hex() + "."
-        self._owner_cache: dict[str, int] = {}
+        self.owner_cache: dict[str, int] = {}
         self.out: list[list] = [[protocol.PUB]]
         self.out_bytes: list[int] = [0]
 
@@ -101,19 +102,19 @@ class ClientCore:
         if len(self.out) != self.workers:
             self.out = [[protocol.PUB] for _ in range(self.workers)]
             self.out_bytes = [0] * self.workers
-            self._owner_cache.clear()
+            self.owner_cache.clear()
 
     # -- events -------------------------------------------------------------
     def owner(self, name: str) -> int:
-        k = self._owner_cache.get(name)
+        k = self.owner_cache.get(name)
         if k is None:
             e = name_error(name)
             if e is not None:
                 raise TscaleError(e)
             k = crc32(name.encode()) % self.workers
-            if len(self._owner_cache) > 100_000:
-                self._owner_cache.clear()
-            self._owner_cache[name] = k
+            if len(self.owner_cache) > 100_000:
+                self.owner_cache.clear()
+            self.owner_cache[name] = k
         return k
 
     def add_event(self, name: str, data, headers: dict | None, reply: str | None) -> int:
@@ -130,7 +131,7 @@ class ClientCore:
         buf += (name, data, None if headers is None and reply is None else [headers, reply])
         n = self.out_bytes[k] + len(data)
         self.out_bytes[k] = n
-        if n >= BATCH_BYTES or len(buf) >= 3 * BATCH_EVENTS:
+        if n >= BATCH_BYTES or len(buf) >= BATCH_LEN:
             return -1 - k
         return k
 
