@@ -9,7 +9,7 @@ Workers then carry events to peers themselves.
 Control frames (msgpack arrays) between supervisors, over the control port
 (= listen port + worker count), DEALER (child, prober) -> ROUTER (parent):
   [PROBE, info, members] -> [MEMBERS, info, members]
-  [ATTACH, info, members] -> [ACCEPT, info, members] | [REFUSE, info, reason]
+  [ATTACH, info, members, last_resort] -> [ACCEPT, info, members] | [REFUSE, info, reason, members]
   [HB, members|nil, sent_at, echo_of]     both ways every 0.5 s
   [INTEREST, seq, replace, [[pattern, group, count_or_delta], ...]]
   [RESYNC]                                 ask for a full INTEREST snapshot
@@ -19,6 +19,7 @@ Control frames (msgpack arrays) between supervisors, over the control port
 from __future__ import annotations
 
 import logging
+import random
 import socket
 import time
 
@@ -84,7 +85,7 @@ class ClusterControl:
         self.next_token = 1
         self.next_hb = self.next_beacon = self.next_seek = 0.0
         self.udp: socket.socket | None = None
-        self.stats_in = self.stats_out = 0
+        self.rnd = random.Random()
 
     # -- sockets ----------------------------------------------------------------
     def open(self, poller: zmq.Poller):
@@ -123,7 +124,9 @@ class ClusterControl:
     def _dealer(self, endpoint: str, identity: bool) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.IMMEDIATE, 1)
+        # No IMMEDIATE: with it, the first (blocking) send of a PROBE, seed HELLO or ATTACH to an
+        # endpoint that does not answer blocks the whole control loop forever.  Without it the frame
+        # waits in the pipe and the probe/attach time-outs clean up.
         if identity:
             s.setsockopt(zmq.IDENTITY, self.overlay.id.encode())
         s.connect(endpoint)
@@ -317,9 +320,10 @@ class ClusterControl:
         elif code == ATTACH and via_router:
             self._fix_host(cmd[1], peer_ip)
             self._learn([cmd[1]] + list(cmd[2]), now)
-            why = ov.may_accept_child(mid)
+            why = ov.may_accept_child(mid, len(cmd) > 3 and bool(cmd[3]))
             if why is not None or mid not in ov.members:
-                self.router.send_multipart([mid.encode(), pack([REFUSE, ov.my_entry(), why or "unknown member"])])
+                self.router.send_multipart([mid.encode(), pack([REFUSE, ov.my_entry(), why or "unknown member",
+                                                                ov.gossip()])])
                 return
             fresh = mid not in ov.children
             ov.add_child(mid, now)
@@ -334,6 +338,8 @@ class ClusterControl:
             log.info("attached to parent %s (%s)", ov.members.get(mid, {}).get("name"), mid)
         elif code == REFUSE and not via_router and mid == ov.pending_parent:
             log.info("node %s refused to be our parent: %s", mid, cmd[2])
+            if len(cmd) > 3:
+                self._learn(cmd[3], now)   # its view holds other candidates
             self._close_parent()
             ov.drop(mid, now, "refused")
         elif code == INTEREST:
@@ -483,13 +489,14 @@ class ClusterControl:
             ov.drop(ov.pending_parent, now, "timeout")
         for mid in ov.dead_neighbours(now):
             self._link_down(mid, now, "dead")
-        cand = ov.parent_candidate(now)
-        if cand is not None:
+        picked = ov.parent_candidate(now)
+        if picked is not None:
+            cand, last_resort = picked
             ep = self._endpoint(ov.members[cand])
             if ep is not None:
-                ov.asking(cand, now)
+                ov.asking(cand, now, last_resort)
                 self.parent_sock = self._dealer(ep, identity=True)
-                self.parent_sock.send(pack([ATTACH, ov.my_entry(), ov.gossip()]))
+                self.parent_sock.send(pack([ATTACH, ov.my_entry(), ov.gossip(), last_resort]))
         if now >= self.next_hb:
             self.next_hb = now + HB_EVERY
             ov.tick()
@@ -509,6 +516,11 @@ class ClusterControl:
             if ov.is_root() or not ov.members:
                 for host, port in self.seeds:
                     self._resolve_seed(host, port, now)
+                target = ov.seek_target(self.rnd)
+                if target is not None:
+                    ep = self._endpoint(ov.members[target])
+                    if ep is not None:
+                        self._probe(ep, now)
                 for mid, (ip, ctl) in list(self.beaconed.items()):
                     if mid not in ov.members:
                         self._probe(f"tcp://{ip}:{ctl}", now)

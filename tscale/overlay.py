@@ -7,7 +7,10 @@ rank, so the links can never form a cycle, whatever each node believes about
 the others; events routed over these links with split horizon reach every
 node at most once.  A node with a live parent never changes it (no flapping);
 a node without one (a root, or an orphan whose parent died) attaches to the
-lowest-ranked member it knows that still has room for a child.  The lowest
+lowest-ranked member it knows that still has room for a child (children
+counts travel in the gossip).  The room limit is soft: a node whose every
+lower-ranked candidate is full asks as a "last resort" and is accepted
+anyway, since otherwise the second-lowest node could never attach.  The lowest
 id of a connected part is its root; when two parts learn of each other, the
 higher root attaches, which is how partitions merge.
 
@@ -34,14 +37,18 @@ class Overlay:
         self.parent: str | None = None
         self.pending_parent: str | None = None  # asked, not yet accepted
         self.pending_since = 0.0
+        self.last_resort = False               # the pending request may exceed the parent's room
+        self.root_since = 0.0                  # when we last became parentless
         self.children: set[str] = set()
         self.heard: dict[str, float] = {}      # neighbour id -> last message time
         self.failed: dict[str, float] = {}     # id -> not before
+        self.failed_kind: dict[str, str] = {}  # id -> "last" if it refused a last-resort request
         self.lost: list[dict] = []             # recently lost members
+        self.gone: dict[str, tuple] = {}       # forgotten id -> (its hb then, when): stale gossip must not revive it
 
     # -- membership -----------------------------------------------------------
     def my_entry(self) -> dict:
-        return dict(self.me, hb=self.hb)
+        return dict(self.me, hb=self.hb, kids=len(self.children))
 
     def tick(self) -> None:
         self.hb += 1
@@ -55,6 +62,9 @@ class Overlay:
                 continue
             old = self.members.get(mid)
             if old is None:
+                gone = self.gone.get(mid)
+                if gone is not None and info.get("hb", 0) <= gone[0]:
+                    continue      # a member we lost, gossiped by a node that has not noticed yet
                 new.append(mid)
             if old is None or info.get("hb", 0) > old.get("hb", 0):
                 self.members[mid] = dict(info)
@@ -66,7 +76,10 @@ class Overlay:
         self.seen.pop(mid, None)
         if info is not None:
             self.lost.append({"id": mid, "name": info.get("name", ""), "at": now, "why": why})
+            self.gone[mid] = (info.get("hb", 0), now)
         self.lost = [x for x in self.lost if now - x["at"] < LOST_KEEP][-50:]
+        if len(self.gone) > 64:
+            self.gone = {m: g for m, g in self.gone.items() if now - g[1] < LOST_KEEP}
 
     def expire(self, now: float) -> list[str]:
         gone = [m for m, t in self.seen.items()
@@ -88,13 +101,13 @@ class Overlay:
     def dead_neighbours(self, now: float) -> list[str]:
         return [m for m in self.neighbours() if now - self.heard.get(m, now) > DEAD_AFTER]
 
-    def may_accept_child(self, mid: str) -> str | None:
+    def may_accept_child(self, mid: str, last_resort: bool = False) -> str | None:
         """None if `mid` may become our child, else the reason to refuse."""
         if mid <= self.id:
             return "rank: a child's id must sort above its parent's"
         if mid == self.parent or mid == self.pending_parent:
             return "that node is our parent"
-        if mid not in self.children and len(self.children) >= self.max_children:
+        if mid not in self.children and len(self.children) >= self.max_children and not last_resort:
             return f"already {self.max_children} children"
         return None
 
@@ -106,32 +119,46 @@ class Overlay:
         """A link ended (death, refusal, bye)."""
         if mid == self.parent:
             self.parent = None
+            self.root_since = now
             self.failed[mid] = now + PARENT_RETRY
         if mid == self.pending_parent:
             self.pending_parent = None
             self.failed[mid] = now + PARENT_RETRY
+            self.failed_kind[mid] = "last" if self.last_resort else "full"
         self.children.discard(mid)
         self.heard.pop(mid, None)
         if why in ("dead", "bye"):
             self.forget(mid, now, why)
 
-    def parent_candidate(self, now: float) -> str | None:
-        """Whom to ask to be our parent, if we have none and are not waiting for an answer."""
+    def parent_candidate(self, now: float) -> tuple[str, bool] | None:
+        """(whom to ask to be our parent, last_resort), if we have none and are not waiting."""
         if self.parent is not None or self.pending_parent is not None:
             return None
-        for mid in sorted(self.members):
-            if mid >= self.id:
-                break
-            if self.failed.get(mid, 0) > now:
-                continue
-            if mid in self.children:
-                continue
-            return mid
+        lower = [m for m in sorted(self.members) if m < self.id]
+        if not lower:
+            return None
+        fresh = [m for m in lower if self.failed.get(m, 0) <= now]
+        if fresh:
+            # Room first (by the gossiped children count, fewest first), then members
+            # that look full but might not be (gossip lags), lowest rank first.
+            roomy = [m for m in fresh if self.members[m].get("kids", 0) < self.max_children]
+            if roomy:
+                return min(roomy, key=lambda m: (self.members[m].get("kids", 0), m)), False
+            return fresh[0], False
+        # Every lower-ranked member refused us lately: ask as a last resort the
+        # lowest one that has not refused a last-resort request -- but only after
+        # a heartbeat period of gossip, which usually turns up a member with room.
+        if now - self.root_since < 1.0:
+            return None
+        for mid in lower:
+            if self.failed_kind.get(mid) != "last":
+                return mid, True
         return None
 
-    def asking(self, mid: str, now: float) -> None:
+    def asking(self, mid: str, now: float, last_resort: bool = False) -> None:
         self.pending_parent = mid
         self.pending_since = now
+        self.last_resort = last_resort
 
     def accepted(self, mid: str, now: float) -> None:
         if self.pending_parent == mid:
@@ -141,3 +168,12 @@ class Overlay:
 
     def is_root(self) -> bool:
         return self.parent is None
+
+    def seek_target(self, rnd) -> str | None:
+        """A random known member for a root to swap gossip with.
+
+        Seeds and beacons alone can leave a root with a stale view (it knows only
+        higher-ranked members and nobody who knows better talks to it); one
+        random exchange per period spreads the lower ranks, so parts merge."""
+        others = [m for m in self.members if m not in self.children]
+        return rnd.choice(others) if others else None
