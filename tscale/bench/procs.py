@@ -191,7 +191,12 @@ class Child:
         return f"; log tail: {text}" if text else ""
 
     def stop(self) -> None:
+        """STOP first (lets the driver close its clients), then the process group."""
         self.send("STOP")
+        try:
+            self.proc.wait(3.0)
+        except subprocess.TimeoutExpired:
+            pass
         stop(self.proc, grace=3.0)
 
 

@@ -1,0 +1,188 @@
+"""Command line of the side-by-side benchmarks.
+
+    python -m tscale.bench.harness [--quick] [--runs N] [--only SCENARIO,...]
+                                   [--systems tscale,nats,redis,zmq] [--out DIR]
+
+Runs every selected scenario against every selected system that supports it (runs
+interleaved across systems so drift hits all alike), keeps going when one system
+fails, stops everything it started, and writes DIR/BENCHMARKS.md,
+DIR/bench/results.json and DIR/bench/*.png.  ``--quick`` uses tiny counts and one
+run (CI checks the harness still works) and writes to a temp dir unless --out is given.
+Exit status 1 when a measurement failed; a system that is not installed or not
+importable is reported ("<system>: failed: <reason>") but does not change the status.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as dt
+import os
+import platform
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from tscale.bench import procs, report
+from tscale.bench.runner import Runner, Timing
+from tscale.bench.scenarios import BY_KEY, FULL, PLACEHOLDER, QUICK, SCENARIOS
+from tscale.bench.systems import ALL, library_versions
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m tscale.bench.harness",
+                                 description="tscale vs NATS vs Redis vs raw pyzmq, side by side")
+    ap.add_argument("--quick", action="store_true", help="tiny counts, 1 run (CI smoke run)")
+    ap.add_argument("--runs", type=int, help="runs per measurement (default 3, quick 1)")
+    ap.add_argument("--only", help="comma-separated scenarios: " + ",".join(BY_KEY))
+    ap.add_argument("--systems", default=",".join(ALL), help="comma-separated: " + ",".join(ALL))
+    ap.add_argument("--out", help="output dir (default docs/; with --quick a temp dir)")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the per-run logs directory")
+    args = ap.parse_args(argv)
+    for name, valid, value in (("--only", BY_KEY, args.only), ("--systems", ALL, args.systems)):
+        unknown = [v for v in (value or "").split(",") if v and v not in valid]
+        if unknown:
+            ap.error(f"{name}: unknown {', '.join(unknown)}")
+    return args
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return dict(cpu=cpu, cores=os.cpu_count(), ram_gib=round(psutil.virtual_memory().total / 2**30, 1),
+                os=f"{platform.system()} {platform.release()}",
+                python=f"{platform.python_implementation()} {platform.python_version()}")
+
+
+def _fmt_run(run: dict) -> str:
+    if "rate" in run:
+        rate = run["rate"]
+        return (f"{rate / 1e3:,.0f} k/s" if rate else "no events") + f", lost {run['lost']:,}"
+    if "p50" in run:
+        p = lambda k: f"{run[k]:.0f}" if run.get(k) is not None else "-"  # noqa: E731
+        return f"p50 {p('p50')} p99 {p('p99')} p99.9 {p('p999')} µs, errors {run['errors']}"
+    if "rss_idle" in run:
+        mb = lambda k: f"{run[k] / 2**20:.1f}" if run.get(k) else "-"  # noqa: E731
+        return f"RSS idle {mb('rss_idle')} MB, subs {mb('rss_subs')} MB, conns {mb('rss_conns')} MB"
+    return ""
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def measure_variant(scenario, variant, systems, runs: int, runner: Runner,
+                    problems: dict) -> list[dict]:
+    """One row per system: ``runs`` measurements, interleaved across systems."""
+    rows = {s.key: dict(scenario=scenario.key, variant=variant.label, system=s.key,
+                        status="ok", runs=[], errors=[]) for s in systems}
+    for i in range(runs):
+        for system in systems:
+            row = rows[system.key]
+            if problems[system.key]:
+                row["status"] = f"failed: {problems[system.key]}"
+                continue
+            tag = f"[{scenario.key} {variant.label}] {system.key} run {i + 1}/{runs}"
+            t0 = time.monotonic()
+            try:
+                result = variant.measure(runner, system)
+            except Exception as exc:  # noqa: BLE001 - one system failing must not stop the rest
+                row["errors"].append(f"{type(exc).__name__}: {exc}")
+                log(f"{tag}: FAILED {type(exc).__name__}: {str(exc)[:400]}")
+                continue
+            result["wall_s"] = round(time.monotonic() - t0, 2)
+            row["runs"].append(result)
+            log(f"{tag}: {_fmt_run(result)} ({result['wall_s']:.1f} s)")
+    for row in rows.values():
+        if row["runs"] and row["errors"]:
+            row["status"] = f"ok ({len(row['errors'])} of {runs} runs failed)"
+        elif not row["runs"] and row["status"] == "ok":
+            row["status"] = "failed: " + (row["errors"][0] if row["errors"] else "no run")
+    return list(rows.values())
+
+
+def run_all(args: argparse.Namespace, counts, runner: Runner) -> list[dict]:
+    wanted_systems = [ALL[k] for k in args.systems.split(",") if k]
+    problems = {s.key: s.problem() for s in wanted_systems}
+    for key, problem in problems.items():
+        if problem:
+            log(f"{key}: failed: {problem}")
+    only = set(args.only.split(",")) if args.only else set(BY_KEY)
+    runs = args.runs or counts.runs
+    rows = []
+    for scenario in (s for s in SCENARIOS if s.key in only):
+        if scenario.kind == PLACEHOLDER:
+            rows.append(dict(scenario=scenario.key, variant="", system="",
+                             status=scenario.skip_reason, runs=[], errors=[]))
+            log(f"[{scenario.key}] {scenario.skip_reason}")
+            continue
+        systems = [s for s in wanted_systems if scenario.feature in s.features
+                   and (scenario.only is None or s.key in scenario.only)]
+        for variant in scenario.variants(counts):
+            rows += measure_variant(scenario, variant, systems, runs, runner, problems)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    counts = QUICK if args.quick else FULL
+    if args.out:
+        out = Path(args.out)
+    elif args.quick:
+        out = Path(tempfile.mkdtemp(prefix="tscale-bench-out-"))
+    else:
+        out = Path(__file__).resolve().parents[2] / "docs"
+    workdir = Path(tempfile.mkdtemp(prefix="tscale-bench-run-"))
+
+    atexit.register(procs.stop_all)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+
+    started = time.monotonic()
+    runner = Runner(workdir, Timing(idle_timeout=counts.idle_timeout))
+    try:
+        rows = run_all(args, counts, runner)
+    finally:
+        procs.stop_all()
+    wall = time.monotonic() - started
+
+    versions = {"python": platform.python_version(), **library_versions()}
+    for key in args.systems.split(","):
+        try:
+            versions.update(ALL[key].versions())
+        except Exception as exc:  # noqa: BLE001
+            versions[key] = f"unknown ({exc})"
+    results = dict(
+        meta=dict(command="python -m tscale.bench.harness " + shlex.join(argv),
+                  mode="quick" if args.quick else "full", runs=args.runs or counts.runs,
+                  counts=counts.__dict__, systems=args.systems.split(","),
+                  date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  wall_s=round(wall, 1), machine=machine(), versions=versions),
+        rows=rows,
+    )
+    paths = report.write_all(results, out)
+    if args.keep_logs:
+        log(f"logs kept in {workdir}")
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    log(f"wall time {wall:.1f} s; wrote " + ", ".join(str(p) for p in paths))
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    for r in failed:
+        log(f"{r['system']}: {r['scenario']} {r['variant']}: {r['status']}")
+    # Exit 1 when a measurement broke; a system that is not installed/importable only warns.
+    return 1 if any(r["errors"] for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""One measurement: a fresh server, the driver processes, their results combined.
+
+The order is always the same and never relies on sleeping: subscribers (or the
+responder, or holders) start and report READY, then publishers (or the requester)
+connect and report READY, then everyone gets GO at once.  Each wait has a deadline;
+subscribers that are still running when the run's deadline passes are told STOP and
+report what they have, so loss is measured instead of hung on.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tscale.bench import procs
+from tscale.bench.systems import System, driver_env
+
+READY_DEADLINE = 60.0
+STOP_GRACE = 10.0
+
+
+@dataclass
+class Pub:
+    name: str
+    count: int
+
+
+@dataclass
+class Sub:
+    pattern: str
+    count: int | None          # None: a queue-group member, stops on idle
+    queue: str | None = None
+
+
+@dataclass
+class Flow:
+    """Publishers and subscribers of one throughput measurement."""
+    size: int
+    pubs: list[Pub]
+    subs: list[Sub]
+    expected: int              # events that should arrive at the subscribers in total
+    workers: int = 1
+
+    @property
+    def sent(self) -> int:
+        return sum(p.count for p in self.pubs)
+
+
+@dataclass
+class Timing:
+    idle_timeout: float = 2.0      # a subscriber stops this long after its last event
+    start_timeout: float = 15.0    # ... or this long after GO without any event
+    min_rate: float = 20_000.0     # events/s below which a run is cut off (bounds every run)
+
+
+@dataclass
+class Runner:
+    workdir: Path
+    timing: Timing = field(default_factory=Timing)
+    _seq: int = 0
+
+    # ------------------------------------------------------------ plumbing
+
+    def _rundir(self, label: str) -> Path:
+        self._seq += 1
+        path = self.workdir / f"{self._seq:04d}-{label}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _spawn(self, rundir: Path, role: str, system: System, addr: str, args: dict,
+               label: str) -> procs.Child:
+        argv = [sys.executable, "-m", "tscale.bench.driver", role, system.key, addr,
+                json.dumps(args)]
+        return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=driver_env())
+
+    @staticmethod
+    def _all_ready(children: list[procs.Child], deadline_s: float = READY_DEADLINE) -> None:
+        end = time.monotonic() + deadline_s
+        for child in children:
+            child.expect("READY", end)
+
+    # ------------------------------------------------------------ throughput
+
+    def flow(self, system: System, flow: Flow) -> dict:
+        rundir = self._rundir(f"{system.key}-flow")
+        server = system.start(rundir, workers=flow.workers)
+        children: list[procs.Child] = []
+        try:
+            topology = dict(pubs=len(flow.pubs), subs=len(flow.subs),
+                            queue=any(s.queue for s in flow.subs))
+            t = self.timing
+            subs = []
+            for i, s in enumerate(flow.subs):
+                args = dict(pattern=s.pattern, count=s.count, queue=s.queue, topology=topology,
+                            idle_timeout=t.idle_timeout, start_timeout=t.start_timeout)
+                subs.append(self._spawn(rundir, "sub", system, server.addr, args, f"sub{i}"))
+            children += subs
+            self._all_ready(subs)
+            pubs = []
+            for i, p in enumerate(flow.pubs):
+                args = dict(name=p.name, count=p.count, size=flow.size, topology=topology)
+                pubs.append(self._spawn(rundir, "pub", system, server.addr, args, f"pub{i}"))
+            children += pubs
+            self._all_ready(pubs)
+
+            cpu0 = server.cpu_seconds()
+            deadline = time.monotonic() + t.start_timeout + flow.expected / t.min_rate + 30
+            for child in subs + pubs:
+                child.send("GO")
+            pub_results = [c.result(deadline) for c in pubs]
+            sub_results = self._collect(subs, deadline)
+            cpu1 = server.cpu_seconds()
+        finally:
+            for child in children:
+                child.stop()
+            server.stop()
+        result = summarize_flow(flow, pub_results, sub_results,
+                                None if cpu0 is None else cpu1 - cpu0)
+        result["notes"] += server.loss_notes()
+        return result
+
+    def _collect(self, children: list[procs.Child], deadline: float) -> list[dict]:
+        """Results of subscribers; those past the deadline are told STOP and report partial counts."""
+        results = []
+        for child in children:
+            try:
+                results.append(child.result(deadline))
+            except procs.ChildError:
+                if child.proc.poll() is not None:
+                    raise
+                child.send("STOP")
+                res = child.result(time.monotonic() + STOP_GRACE)
+                res["stopped_at_deadline"] = True
+                results.append(res)
+        return results
+
+    # ------------------------------------------------------------ request/reply
+
+    def reqrep(self, system: System, count: int, size: int, rate: float | None,
+               timeout: float = 1.0) -> dict:
+        rundir = self._rundir(f"{system.key}-reqrep")
+        server = system.start(rundir)
+        children = []
+        try:
+            rep = self._spawn(rundir, "rep", system, server.addr, dict(name="svc.echo"), "rep")
+            children.append(rep)
+            self._all_ready([rep])
+            req = self._spawn(rundir, "req", system, server.addr,
+                              dict(name="svc.echo", count=count, size=size, rate=rate,
+                                   timeout=timeout), "req")
+            children.append(req)
+            self._all_ready([req])
+            cpu0 = server.cpu_seconds()
+            for child in children:
+                child.send("GO")
+            per_request = max(timeout, 1.0 / rate if rate else 0.0)
+            result = req.result(time.monotonic() + count * per_request + 30)
+            cpu1 = server.cpu_seconds()
+        finally:
+            for child in children:
+                child.stop()
+            server.stop()
+        lat = result.get("latency_us", {})
+        out = dict(requests=count, ok=result["ok"], errors=result["errors"],
+                   first_error=result.get("first_error"), **{k: lat.get(k) for k in
+                                                             ("p50", "p90", "p99", "p999", "max", "mean")})
+        out["requester_cpu_us"] = _per(result.get("cpu_s"), result["ok"])
+        out["server_cpu_us"] = _per(None if cpu0 is None else cpu1 - cpu0, result["ok"])
+        return out
+
+    # ------------------------------------------------------------ memory footprint
+
+    def footprint(self, system: System, subscriptions: int, connections: int,
+                  holders: int = 4) -> dict:
+        """RSS of the server idle, holding ``subscriptions`` (one client), holding ``connections``."""
+        out = {}
+        with system.start(self._rundir(f"{system.key}-rss-subs")) as server:
+            out["rss_idle"] = server.rss()
+            out["rss_subs"] = self._rss_while(system, server, "subs",
+                                              [dict(count=subscriptions)])
+        per = [connections // holders + (1 if i < connections % holders else 0) for i in range(holders)]
+        with system.start(self._rundir(f"{system.key}-rss-conns")) as server:
+            out["rss_idle_2"] = server.rss()
+            out["rss_conns"] = self._rss_while(system, server, "conns",
+                                               [dict(count=n) for n in per if n])
+        out.update(subscriptions=subscriptions, connections=connections)
+        return out
+
+    def _rss_while(self, system: System, server, role: str, arg_list: list[dict]) -> int | None:
+        rundir = self._rundir(f"{system.key}-{role}")
+        children = []
+        try:
+            for i, args in enumerate(arg_list):
+                children.append(self._spawn(rundir, role, system, server.addr, args, f"{role}{i}"))
+            self._all_ready(children, READY_DEADLINE * 2)
+            return server.rss()
+        finally:
+            for child in children:
+                child.stop()
+
+
+def _per(seconds: float | None, events: int) -> float | None:
+    """Microseconds per event."""
+    if seconds is None or not events:
+        return None
+    return seconds / events * 1e6
+
+
+def summarize_flow(flow: Flow, pubs: list[dict], subs: list[dict], server_cpu_s: float | None) -> dict:
+    received = sum(r["received"] for r in subs)
+    firsts = [r["first"] for r in subs if r["first"] is not None]
+    lasts = [r["last"] for r in subs if r["last"] is not None]
+    span = (max(lasts) - min(firsts)) if firsts else 0.0
+    pub_span = max(p["t_end"] for p in pubs) - min(p["t_start"] for p in pubs)
+    return dict(
+        size=flow.size, sent=flow.sent, expected=flow.expected, received=received,
+        lost=flow.expected - received,
+        rate=received / span if span > 0 else None,
+        publish_rate=flow.sent / pub_span if pub_span > 0 else None,
+        per_subscriber=[r["received"] for r in subs],
+        server_cpu_us=_per(server_cpu_s, received),
+        pub_cpu_us=_per(sum(p.get("cpu_s", 0.0) for p in pubs), flow.sent),
+        sub_cpu_us=_per(sum(r.get("cpu_s", 0.0) for r in subs), received),
+        idled_out=sum(1 for r in subs if r.get("idled_out")),
+        stopped_at_deadline=sum(1 for r in subs if r.get("stopped_at_deadline")),
+        notes=sorted({f"subscriber: {r[k]}" for r in subs for k in ("disconnected", "first_client_error")
+                      if r.get(k)}),
+    )
