@@ -202,6 +202,77 @@ def status(
 
 
 @app.command()
+def bench(
+    pubs: int = typer.Option(1, help="publisher processes"),
+    subs: int = typer.Option(1, help="subscriber processes"),
+    size: int = typer.Option(128, help="payload bytes"),
+    count: int = typer.Option(100_000, help="events to publish in total (requests with --request)"),
+    queue: Optional[str] = typer.Option(None, help="subscribers join this queue group"),
+    request: bool = typer.Option(False, "--request", help="measure request/reply round trips instead"),
+    rate: Optional[float] = typer.Option(None, help="requests per second (with --request; default: back to back)"),
+    name: str = typer.Option("bench.loadgen", help="event name to use"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    server: Optional[str] = ServerOpt,
+):
+    """Load-test a running node: rates counted at the receivers, loss, latency percentiles, CPU per event."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.table import Table
+
+    from .client import default_server
+    from .errors import ConnectError
+    from .bench.loadgen import run
+    if pubs < 1 or subs < 1 or count < 1 or size < 0:
+        _fail(EXIT_USAGE, "--pubs, --subs and --count must be at least 1, --size at least 0")
+    addr = server or default_server()
+    try:
+        if as_json:
+            res = run(addr, pubs=pubs, subs=subs, size=size, count=count, queue=queue, request=request,
+                      rate=rate, name=name)
+        else:
+            with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                          TimeElapsedColumn(), transient=True) as bar:
+                task = bar.add_task("requests" if request else "events delivered", total=count)
+                res = run(addr, pubs=pubs, subs=subs, size=size, count=count, queue=queue, request=request,
+                          rate=rate, name=name, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    except ConnectError as exc:
+        _fail(EXIT_UNREACHABLE, str(exc))
+    except Exception as exc:  # noqa: BLE001 - a failed measurement is reported in one line
+        _fail(EXIT_FAILED, f"benchmark failed: {exc}")
+    if as_json:
+        print(json.dumps(res, indent=2, sort_keys=True))
+        return
+    t = Table(title=f"tscale bench against {addr}", show_header=True, header_style="bold")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    def fmt(v, unit=""):
+        if v is None:
+            return "-"
+        if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 100):
+            return f"{v:,.0f}{unit}"
+        return f"{v:,.2f}{unit}"
+    if request:
+        rows = [("requests", fmt(res.get("requests"))), ("ok", fmt(res.get("ok"))), ("errors", fmt(res.get("errors"))),
+                ("p50", fmt(res.get("p50"), " us")), ("p90", fmt(res.get("p90"), " us")),
+                ("p99", fmt(res.get("p99"), " us")), ("p99.9", fmt(res.get("p999"), " us")),
+                ("max", fmt(res.get("max"), " us")), ("node CPU per request", fmt(res.get("server_cpu_us"), " us"))]
+    else:
+        rows = [("published", fmt(res.get("sent"))), ("expected at subscribers", fmt(res.get("expected"))),
+                ("received", fmt(res.get("received"))), ("lost", fmt(res.get("lost"))),
+                ("delivered per second", fmt(res.get("rate"), " /s")),
+                ("published per second", fmt(res.get("publish_rate"), " /s")),
+                ("per subscriber", ", ".join(f"{n:,}" for n in res.get("per_subscriber", []))),
+                ("node CPU per delivered event", fmt(res.get("server_cpu_us"), " us")),
+                ("publisher CPU per event", fmt(res.get("pub_cpu_us"), " us")),
+                ("subscriber CPU per event", fmt(res.get("sub_cpu_us"), " us"))]
+    for k, v in rows:
+        t.add_row(k, v)
+    Console().print(t)
+    for note in res.get("notes", []):
+        typer.echo(f"note: {note}", err=True)
+
+
+@app.command()
 def version():
     """Print the version."""
     print(__version__)

@@ -28,6 +28,7 @@ from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleErro
 
 log = logging.getLogger("tscale.client")
 
+NOBLOCK = int(zmq.NOBLOCK)     # plain ints: pyzmq's enum flag objects are slow on hot paths
 MAX_QUEUED_FRAMES = 64        # per worker, before publish() waits for the I/O thread
 DEFAULT_PENDING_LIMIT = 65536  # per iterator subscription, like NATS's default
 
@@ -229,7 +230,7 @@ class Client:
                 s = socks[k]
                 while q:
                     try:
-                        s.send(q[0], zmq.NOBLOCK)
+                        s.send(q[0], NOBLOCK)
                     except zmq.Again:
                         backlog = True
                         break
@@ -266,7 +267,7 @@ class Client:
     def _drain(self, k: int, s: zmq.Socket):
         for _ in range(256):
             try:
-                frame = s.recv(zmq.NOBLOCK)
+                frame = s.recv(NOBLOCK)
             except zmq.Again:
                 return
             try:

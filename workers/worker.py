@@ -40,6 +40,11 @@ BUS_HWM = 20000
 
 MAX_GROUP_LEN = 128
 
+# pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
+NOBLOCK = int(zmq.NOBLOCK)
+SEND_MORE = int(SEND_MORE)
+RCVMORE = int(zmq.RCVMORE)
+
 
 class Worker:
     def __init__(self, spec: dict):
@@ -162,10 +167,11 @@ class Worker:
     def _drain_router(self):
         router = self.router
         recv = router.recv
+        getsockopt = router.getsockopt
         conns = self.conns
         for k in range(INPUT_BUDGET):
             try:
-                ident = recv(zmq.NOBLOCK)
+                ident = recv(NOBLOCK)
             except zmq.Again:
                 return
             frame = recv()
@@ -175,8 +181,8 @@ class Worker:
                 conn.rejected = bool(self.token)   # a token-protected node serves only after HELLO
             else:
                 conn.last_seen = self.now
-            if router.rcvmore:
-                while router.rcvmore:
+            if getsockopt(RCVMORE):
+                while getsockopt(RCVMORE):
                     recv()
                 self._error(conn, protocol.E_MALFORMED, "send one frame per command (DEALER, no envelope)")
                 continue
@@ -533,7 +539,7 @@ class Worker:
         recv = self.sub.recv
         for _ in range(INPUT_BUDGET):
             try:
-                recv(zmq.NOBLOCK)
+                recv(NOBLOCK)
             except zmq.Again:
                 return
             body = recv()
@@ -614,8 +620,8 @@ class Worker:
                 o = c.out
                 n = (len(o) - 1) >> 2
                 try:
-                    router.send(c.ident, zmq.NOBLOCK | zmq.SNDMORE)
-                    router.send(pack(o), zmq.NOBLOCK)
+                    router.send(c.ident, SEND_MORE)
+                    router.send(pack(o), NOBLOCK)
                     stats["events_out"] += n
                     if c.blocked:
                         c.blocked = False
@@ -651,7 +657,7 @@ class Worker:
             if len(out) > 2:
                 n = (len(out) - 2) >> 2
                 try:
-                    link.sock.send(pack(out), zmq.NOBLOCK)
+                    link.sock.send(pack(out), NOBLOCK)
                     link.events_out += n
                     self.stats["peer_out"] += n
                 except zmq.ZMQError:
@@ -703,7 +709,7 @@ class Worker:
             return
         while True:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -717,8 +723,8 @@ class Worker:
 
     def _send(self, conn: Connection, frame: bytes) -> bool:
         try:
-            self.router.send(conn.ident, zmq.NOBLOCK | zmq.SNDMORE)
-            self.router.send(frame, zmq.NOBLOCK)
+            self.router.send(conn.ident, SEND_MORE)
+            self.router.send(frame, NOBLOCK)
             return True
         except zmq.Again:
             return False
@@ -737,8 +743,8 @@ class Worker:
             self.bus_backlog.append((topic, body))
             return True
         try:
-            self.pub.send(topic, zmq.NOBLOCK | zmq.SNDMORE)
-            self.pub.send(body, zmq.NOBLOCK)
+            self.pub.send(topic, SEND_MORE)
+            self.pub.send(body, NOBLOCK)
             return True
         except zmq.Again:
             if control:   # interest and sync messages must not be lost: retry at the next tick
