@@ -42,7 +42,7 @@ MAX_GROUP_LEN = 128
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
-SEND_MORE = int(SEND_MORE)
+SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 
 
