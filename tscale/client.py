@@ -107,6 +107,77 @@ class Subscription:
         self._client._unsubscribe(self, timeout)
 
 
+class _RequestLane:
+    """One thread's sockets for request(): a DEALER per worker plus an inbox subscription."""
+
+    def __init__(self, client: "Client", timeout: float):
+        self.client = client
+        core = client._core
+        self.prefix = "_INBOX." + os.urandom(8).hex() + "."
+        self.counter = 0
+        self.socks = []
+        self.poller = zmq.Poller()
+        client._lanes.append(self)
+        try:
+            for port in core.ports:
+                s = client._socket(port)
+                self.socks.append(s)
+                client._hello(s, timeout)
+                s.send(protocol.pack([protocol.SUB, 1, self.prefix + "*", None, 1]))
+                self.poller.register(s, zmq.POLLIN)
+            for s in self.socks:   # wait until every worker has the inbox interest
+                self._wait(s, timeout, lambda cmd: cmd[0] == protocol.OK)
+        except BaseException:
+            self.close()
+            raise
+
+    def _wait(self, s, timeout: float, done):
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not s.poll(left * 1000):
+                raise Timeout(f"request lane: no answer from {self.client.server} within {timeout:g}s")
+            cmd = msgpack.unpackb(s.recv(), raw=False)
+            if cmd[0] == protocol.ERR:
+                raise self.client._core.error_of(cmd)
+            if done(cmd):
+                return cmd
+
+    def request(self, name: str, data, timeout: float, headers: dict | None) -> Msg:
+        core = self.client._core
+        if type(data) is not bytes:
+            data = data.encode() if isinstance(data, str) else bytes(data)
+        if len(data) > core.max_payload:
+            raise TscaleError(f"payload of {len(data)} bytes exceeds the node's max_payload {core.max_payload}")
+        self.counter += 1
+        reply = self.prefix + str(self.counter)
+        self.socks[core.owner(name)].send(protocol.pack([protocol.PUB, name, data, [headers, reply]]))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"request {name!r}: no reply within {timeout:g}s")
+            for sock, _ in self.poller.poll(left * 1000):
+                cmd = msgpack.unpackb(sock.recv(), raw=False)
+                code = cmd[0]
+                if code == protocol.MSG:
+                    for i in range(1, len(cmd), 4):
+                        if cmd[i + 1] == reply:
+                            meta = cmd[i + 3] or (None, None)
+                            return Msg(reply, cmd[i + 2], meta[0], meta[1], cmd[i], self.client)
+                elif code == protocol.PING:
+                    sock.send(protocol.pack([protocol.PONG, cmd[1]]))
+                elif code == protocol.ERR:
+                    raise core.error_of(cmd)
+
+    def close(self):
+        for s in self.socks:
+            s.close(0)
+        self.socks = []
+        if self in self.client._lanes:
+            self.client._lanes.remove(self)
+
+
 class Client:
     """Connects to one node address; talks to each of its workers directly."""
 
@@ -120,8 +191,8 @@ class Client:
         self._drained = threading.Condition(self._lock)
         self._waiters: dict = {}
         self._subs: dict[int, Subscription] = {}
-        self._reply_waiters: dict[str, _Waiter] = {}
-        self._inbox_sub: Subscription | None = None
+        self._local = threading.local()     # per-thread request lanes
+        self._lanes: list = []
         self._closed = False
         self._sleeping = False
         self._io_ident = None
@@ -414,28 +485,28 @@ class Client:
             self._call(k, lambda req: self._core.unsub_frame(sub.sid, req), timeout, "unsubscribe")
 
     def request(self, name: str, data=b"", timeout: float = 1.0, headers: dict | None = None) -> Msg:
-        """Publish with a reply name and wait for the first reply."""
+        """Publish with a reply name and wait for the first reply.
+
+        Runs entirely in the calling thread on that thread's own "request lane"
+        (a DEALER per worker with its own inbox subscription), so a round trip
+        costs no hand-off to the I/O thread.  A request is therefore not ordered
+        with events the same thread queued with publish() before it."""
         self._check_open()
         if threading.get_ident() == self._io_ident:
             raise TscaleError("request() cannot wait inside a callback; call it from another thread")
-        if self._inbox_sub is None:
-            self._inbox_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
-        reply = self._core.inbox()
-        w = _Waiter()
-        self._reply_waiters[reply] = w
+        lane = getattr(self._local, "lane", None)
+        if lane is None:
+            lane = self._local.lane = _RequestLane(self, timeout=max(timeout, 5.0))
         try:
-            self.publish(name, data, headers=headers, reply=reply)
-            msg = w.wait(timeout, f"request {name!r}")
-        finally:
-            self._reply_waiters.pop(reply, None)
+            msg = lane.request(name, data, timeout, headers)
+        except Timeout:
+            # A restarted worker forgets the lane's inbox: start a fresh lane next time.
+            self._local.lane = None
+            lane.close()
+            raise
         if self._core.is_no_responders(msg.headers):
             raise NoResponders(f"no responders for {name!r}")
         return msg
-
-    def _on_reply(self, msg: Msg):
-        w = self._reply_waiters.pop(msg.name, None)
-        if w is not None:
-            w.set(msg)
 
     def status(self, timeout: float = 5.0) -> dict:
         """The node's status document (see docs/STATUS.md)."""
@@ -464,6 +535,8 @@ class Client:
         self._thread.join(timeout)
         with self._lock:
             self._drained.notify_all()
+        for lane in list(self._lanes):
+            lane.close()
         for m in self._monitors:
             m.close(0)
         for s in self._socks:
