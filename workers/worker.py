@@ -37,6 +37,7 @@ STATS_EVERY = 1.0
 IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if they are gone
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
+PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
 
 MAX_GROUP_LEN = 128
 
@@ -52,6 +53,7 @@ class Worker:
         self.index: int = spec["index"]
         self.count: int = spec["count"]
         self.max_payload: int = spec["max_payload"]
+        self.peer_frame_bytes = 4 * self.max_payload   # a quarter of the receiver's frame limit
         self.token: str = spec.get("token") or ""
         self.max_subs: int = spec.get("max_subs_per_conn", 100_000)
         self.log = setup(f"worker{self.index}", spec.get("log_level", "info"), spec.get("log_format", "text"))
@@ -372,7 +374,13 @@ class Worker:
         if link is None:
             self.stats["dropped"] += 1
             return
-        link.out += (name, payload, meta, keys)
+        out = link.out
+        out += (name, payload, meta, keys)
+        link.bytes += len(payload)
+        # Keep every frame well under the receiver's MAXMSGSIZE (16 x max_payload + 1 MiB):
+        # libzmq drops a connection that sends a larger one, and everything queued with it.
+        if link.bytes >= self.peer_frame_bytes or len(out) >= PEER_BATCH_LEN:
+            self._send_peer(link)
 
     def _ingest_peer(self, src, cmd: list, start: int):
         """Events from peer node `src`: [name, payload, meta, groups] quadruples."""
@@ -653,17 +661,8 @@ class Worker:
                         self.stats["dropped"] += (len(buf) - 3) // 4
                     del buf[3:]
         for link in self.peer_links.values():
-            out = link.out
-            if len(out) > 2:
-                n = (len(out) - 2) >> 2
-                try:
-                    link.sock.send(pack(out), NOBLOCK)
-                    link.events_out += n
-                    self.stats["peer_out"] += n
-                except zmq.ZMQError:
-                    link.dropped += n
-                    self.stats["dropped"] += n
-                del out[2:]
+            if len(link.out) > 2:
+                self._send_peer(link)
         if self.local_changes:
             self._send_local_changes()
         if self.dead:
@@ -672,6 +671,19 @@ class Worker:
             self.dead.clear()
 
     # -- peers ----------------------------------------------------------------
+    def _send_peer(self, link: "PeerLink"):
+        out = link.out
+        n = (len(out) - 2) >> 2
+        try:
+            link.sock.send(pack(out), NOBLOCK)
+            link.events_out += n
+            self.stats["peer_out"] += n
+        except zmq.ZMQError:
+            link.dropped += n
+            self.stats["dropped"] += n
+        del out[2:]
+        link.bytes = 0
+
     def _set_peers(self, peers: dict):
         """Open a DEALER to each overlay neighbour's counterpart worker; close the rest."""
         for pid in [p for p in self.peer_links if p not in peers]:
@@ -831,12 +843,13 @@ class Worker:
 class PeerLink:
     """This worker's DEALER to its counterpart worker on an overlay neighbour."""
 
-    __slots__ = ("peer", "name", "sock", "out", "events_out", "dropped")
+    __slots__ = ("peer", "name", "sock", "out", "bytes", "events_out", "dropped")
 
     def __init__(self, peer: str, name: str, sock, node_id: str):
         self.peer = peer
         self.name = name
         self.sock = sock
         self.out: list = [PEER_EVENTS, node_id]
+        self.bytes = 0
         self.events_out = 0
         self.dropped = 0
