@@ -53,7 +53,7 @@ class Worker:
         self.index: int = spec["index"]
         self.count: int = spec["count"]
         self.max_payload: int = spec["max_payload"]
-        self.peer_frame_bytes = 4 * self.max_payload   # a quarter of the receiver's frame limit
+        self.peer_frame_bytes = 1 << 20   # + one event: under any receiver's 16 x max_payload + 1 MiB
         self.token: str = spec.get("token") or ""
         self.max_subs: int = spec.get("max_subs_per_conn", 100_000)
         self.log = setup(f"worker{self.index}", spec.get("log_level", "info"), spec.get("log_format", "text"))
