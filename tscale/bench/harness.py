@@ -67,7 +67,12 @@ def machine() -> dict:
 def _fmt_run(run: dict) -> str:
     if "rate" in run:
         rate = run["rate"]
-        return (f"{rate / 1e3:,.0f} k/s" if rate else "no events") + f", lost {run['lost']:,}"
+        text = (f"{rate / 1e3:,.0f} k/s" if rate else "no events") + f", lost {run['lost']:,}"
+        if run.get("path"):
+            text += f", chain {' → '.join(run['path'])}"
+            if run.get("attempts", 1) > 1:
+                text += f" (attempt {run['attempts']}: the earlier overlays were no chain)"
+        return text
     if "p50" in run:
         p = lambda k: f"{run[k]:.0f}" if run.get(k) is not None else "-"  # noqa: E731
         return f"p50 {p('p50')} p99 {p('p99')} p99.9 {p('p999')} µs, errors {run['errors']}"
@@ -81,34 +86,50 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def measure_variant(scenario, variant, systems, runs: int, runner: Runner,
-                    problems: dict) -> list[dict]:
-    """One row per system: ``runs`` measurements, interleaved across systems."""
-    rows = {s.key: dict(scenario=scenario.key, variant=variant.label, system=s.key,
-                        status="ok", runs=[], errors=[]) for s in systems}
+def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
+                     problems: dict) -> list[dict]:
+    """One row per variant and system: ``runs`` measurements, interleaved across systems
+    (and across the variants given, so run i of each is measured back to back)."""
+    rows = {(v.label, s.key): dict(scenario=scenario.key, variant=v.label, system=s.key,
+                                   status="ok", runs=[], errors=[])
+            for v in variants for s in systems}
     for i in range(runs):
-        for system in systems:
-            row = rows[system.key]
-            if problems[system.key]:
-                row["status"] = f"failed: {problems[system.key]}"
-                continue
-            tag = f"[{scenario.key} {variant.label}] {system.key} run {i + 1}/{runs}"
-            t0 = time.monotonic()
-            try:
-                result = variant.measure(runner, system)
-            except Exception as exc:  # noqa: BLE001 - one system failing must not stop the rest
-                row["errors"].append(f"{type(exc).__name__}: {exc}")
-                log(f"{tag}: FAILED {type(exc).__name__}: {str(exc)[:400]}")
-                continue
-            result["wall_s"] = round(time.monotonic() - t0, 2)
-            row["runs"].append(result)
-            log(f"{tag}: {_fmt_run(result)} ({result['wall_s']:.1f} s)")
+        for variant in variants:
+            for system in systems:
+                row = rows[variant.label, system.key]
+                if problems[system.key]:
+                    row["status"] = f"failed: {problems[system.key]}"
+                    continue
+                tag = f"[{scenario.key} {variant.label}] {system.key} run {i + 1}/{runs}"
+                t0 = time.monotonic()
+                try:
+                    result = variant.measure(runner, system)
+                except Exception as exc:  # noqa: BLE001 - one system failing must not stop the rest
+                    row["errors"].append(f"{type(exc).__name__}: {exc}")
+                    log(f"{tag}: FAILED {type(exc).__name__}: {str(exc)[:400]}")
+                    continue
+                result["wall_s"] = round(time.monotonic() - t0, 2)
+                result["run"] = i + 1
+                row["runs"].append(result)
+                log(f"{tag}: {_fmt_run(result)} ({result['wall_s']:.1f} s)")
+        if len(variants) > 1 and scenario.paired:
+            for system in systems:
+                base = _run_rate(rows[variants[0].label, system.key], i + 1)
+                for variant in variants[1:]:
+                    rate = _run_rate(rows[variant.label, system.key], i + 1)
+                    if base and rate:
+                        log(f"[{scenario.key}] {system.key} run {i + 1}/{runs}: {variant.label} ÷ "
+                            f"{variants[0].label} = {rate / base:.2f}×")
     for row in rows.values():
         if row["runs"] and row["errors"]:
             row["status"] = f"ok ({len(row['errors'])} of {runs} runs failed)"
         elif not row["runs"] and row["status"] == "ok":
             row["status"] = "failed: " + (row["errors"][0] if row["errors"] else "no run")
     return list(rows.values())
+
+
+def _run_rate(row: dict, run: int):
+    return next((r.get("rate") for r in row["runs"] if r.get("run") == run), None)
 
 
 def run_all(args: argparse.Namespace, counts, runner: Runner) -> list[dict]:
@@ -128,8 +149,17 @@ def run_all(args: argparse.Namespace, counts, runner: Runner) -> list[dict]:
             continue
         systems = [s for s in wanted_systems if scenario.feature in s.features
                    and (scenario.only is None or s.key in scenario.only)]
-        for variant in scenario.variants(counts):
-            rows += measure_variant(scenario, variant, systems, runs, runner, problems)
+        variants = scenario.variants(counts)
+        if scenario.paired:
+            rows += measure_variants(scenario, variants, systems, runs, runner, problems)
+        else:
+            for variant in variants:
+                rows += measure_variants(scenario, [variant], systems, runs, runner, problems)
+        for key, why in scenario.not_applicable:
+            if key in (s.key for s in wanted_systems):
+                rows.append(dict(scenario=scenario.key, variant=variants[-1].label if variants else "",
+                                 system=key, status=why, runs=[], errors=[]))
+                log(f"[{scenario.key}] {key}: {why}")
     return rows
 
 

@@ -59,6 +59,13 @@ def summarize(runs: list[dict]) -> dict:
     notes = sorted({n for r in runs for n in r.get("notes", [])})
     if notes:
         out["notes"] = notes
+    per_node = [r["node_cpu_us"] for r in runs if r.get("node_cpu_us")]
+    if per_node:
+        # Chains: CPU per delivered event of each node, in path order (publisher end first).
+        out["node_cpu_us"] = [
+            dict(median=statistics.median(v), min=min(v), max=max(v)) if v else None
+            for v in ([x[i] for x in per_node if i < len(x) and x[i] is not None]
+                      for i in range(max(len(x) for x in per_node)))]
     if runs and "per_subscriber" in runs[0]:
         # The split of the median-rate run (queue groups); lists cannot be medianed.
         rated = sorted((r for r in runs if r.get("rate")), key=lambda r: r["rate"])
@@ -152,20 +159,42 @@ def _failed_line(row: dict) -> list[str]:
     return [f"**{_label(row['system'])}**", row["variant"], f"{row['status']}"]
 
 
+def _paired_ratios(rows: list[dict], system: str, base_variant: str, variant: str) -> list[float]:
+    """rate(variant) ÷ rate(base_variant) of each run measured as a pair (same run number)."""
+    base, row = _find(rows, system, base_variant), _find(rows, system, variant)
+    if not base or not row:
+        return []
+    base_rates = {r.get("run"): r.get("rate") for r in base["runs"] if r.get("run")}
+    return [r["rate"] / base_rates[r["run"]] for r in row["runs"]
+            if r.get("rate") and base_rates.get(r.get("run"))]
+
+
+def _ratio_range(ratios: list[float]) -> str:
+    med = statistics.median(ratios)
+    if min(ratios) == max(ratios):
+        return f"{med:.2f}×"
+    return f"{med:.2f}× ({min(ratios):.2f}–{max(ratios):.2f})"
+
+
 def _throughput_section(rows: list[dict], scenario) -> list[str]:
     is_queue = scenario.key == "queue"
     # Ratio to NATS in the same variant; a tscale-only scenario compares to its first variant.
     vs_nats = scenario.only is None
     first = _variants(rows)[0] if rows else ""
+    chain = any(run.get("nodes", 1) > 1 for r in rows for run in r["runs"])
     header = ["system", "variant", "received events/s", "× NATS" if vs_nats else f"× {first}",
-              "lost", "server CPU µs/event",
+              "lost", "node CPU µs/event (all nodes)" if chain else "server CPU µs/event",
               "publisher CPU µs/event", "subscriber CPU µs/event"]
     if is_queue:
         header.append("split % per member")
-    lines, failures, notes = [], [], []
+    lines, failures, notes, extra = [], [], [], []
     for variant in _variants(rows):
         nats = _find(rows, "nats", variant)
         for row in _sorted([r for r in rows if r["variant"] == variant]):
+            if row["status"].startswith("n/a"):
+                lines.append([f"**{_label(row['system'])}**", variant, "n/a"] + ["—"] * (len(header) - 3))
+                extra.append(f"- {_label(row['system'])}: {row['status']}.")
+                continue
             if not row["runs"]:
                 failures.append(row)
                 continue
@@ -176,18 +205,34 @@ def _throughput_section(rows: list[dict], scenario) -> list[str]:
             lost = s.get("lost", {}).get("max", 0)
             expected = s.get("expected") or 0
             lost_txt = "0" if not lost else f"{lost:,} ({100.0 * lost / max(expected, 1):.1f} %, worst run)"
-            line = [f"**{_label(row['system'])}**", variant, _stat(s, "rate", _rate),
-                    _ratio(_med(row, "rate"), _med(base, "rate")), lost_txt,
+            ratio = _ratio(_med(row, "rate"), _med(base, "rate"))
+            paired = (_paired_ratios(rows, row["system"], first, variant)
+                      if scenario.paired and not vs_nats and variant != first else [])
+            if paired:
+                ratio = _ratio_range(paired)
+                extra.insert(0, f"- **{_label(row['system'])} {variant} ÷ {first}: {_ratio_range(paired)}**: "
+                             f"median of {len(paired)} per-run ratio(s), each run measuring both back to "
+                             "back (min–max in brackets).")
+            line = [f"**{_label(row['system'])}**", variant, _stat(s, "rate", _rate), ratio, lost_txt,
                     _stat(s, "server_cpu_us", _us), _stat(s, "pub_cpu_us", _us),
                     _stat(s, "sub_cpu_us", _us)]
+            if s.get("node_cpu_us"):
+                line[5] += " = " + " + ".join(_us(n["median"]) if n else "—" for n in s["node_cpu_us"])
+                extra.append(f"- {_label(row['system'])} {variant}: node CPU per delivered event along the "
+                             "chain, publisher end → … → subscriber end (medians): "
+                             + " → ".join(f"{_us(n['median'])} µs" if n else "—" for n in s["node_cpu_us"])
+                             + ".")
             if is_queue:
                 line.append(" / ".join(f"{p:.0f}" for p in s.get("split", [])))
             if row["status"] != "ok":
                 line[1] += f" ({row['status']})"
             lines.append(line)
     out = _table(header, lines) if lines else []
+    if extra:
+        out += [""] + extra
     if notes:
-        out += ["", "What the loss was (from the subscribers and the server logs):", ""] + notes
+        out += ["", "What the loss was (from the subscribers, the server logs and, for a chain, each "
+                "node's status counters):", ""] + notes
     out += [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
     return out
 

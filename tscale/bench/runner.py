@@ -42,6 +42,8 @@ class Flow:
     subs: list[Sub]
     expected: int              # events that should arrive at the subscribers in total
     workers: int = 1
+    nodes: int = 1             # > 1: a chain of nodes, publishers on one end, subscribers on the other
+    confirm: str | None = None  # subscribers: wait for this interest confirmation ("cluster") before READY
 
     @property
     def sent(self) -> int:
@@ -84,8 +86,11 @@ class Runner:
     # ------------------------------------------------------------ throughput
 
     def flow(self, system: System, flow: Flow) -> dict:
-        rundir = self._rundir(f"{system.key}-flow")
-        server = system.start(rundir, workers=flow.workers)
+        rundir = self._rundir(f"{system.key}-{'chain' if flow.nodes > 1 else 'flow'}")
+        if flow.nodes > 1:
+            server = system.start_chain(rundir, flow.nodes, workers=flow.workers)
+        else:
+            server = system.start(rundir, workers=flow.workers)
         children: list[procs.Child] = []
         try:
             topology = dict(pubs=len(flow.pubs), subs=len(flow.subs),
@@ -95,16 +100,20 @@ class Runner:
             for i, s in enumerate(flow.subs):
                 args = dict(pattern=s.pattern, count=s.count, queue=s.queue, topology=topology,
                             idle_timeout=t.idle_timeout, start_timeout=t.start_timeout)
-                subs.append(self._spawn(rundir, "sub", system, server.addr, args, f"sub{i}"))
+                if flow.confirm:
+                    args["confirm"] = flow.confirm
+                subs.append(self._spawn(rundir, "sub", system, server.sub_addr, args, f"sub{i}"))
             children += subs
             self._all_ready(subs)
             pubs = []
             for i, p in enumerate(flow.pubs):
                 args = dict(name=p.name, count=p.count, size=flow.size, topology=topology)
-                pubs.append(self._spawn(rundir, "pub", system, server.addr, args, f"pub{i}"))
+                pubs.append(self._spawn(rundir, "pub", system, server.pub_addr, args, f"pub{i}"))
             children += pubs
             self._all_ready(pubs)
 
+            per_node = getattr(server, "node_cpu_seconds", None)   # chains: CPU of each node
+            node0 = per_node() if per_node else None
             cpu0 = server.cpu_seconds()
             deadline = time.monotonic() + t.start_timeout + flow.expected / t.min_rate + 30
             for child in subs + pubs:
@@ -112,6 +121,8 @@ class Runner:
             pub_results = [c.result(deadline) for c in pubs]
             sub_results = self._collect(subs, deadline)
             cpu1 = server.cpu_seconds()
+            node1 = per_node() if per_node else None
+            counters = server.counters() if flow.nodes > 1 else None
         finally:
             for child in children:
                 child.stop()
@@ -119,6 +130,12 @@ class Runner:
         result = summarize_flow(flow, pub_results, sub_results,
                                 None if cpu0 is None else cpu1 - cpu0)
         result["notes"] += server.loss_notes()
+        if flow.nodes > 1:
+            result.update(nodes=flow.nodes, path=server.names, formed_s=server.formed_s,
+                          attempts=len(server.rejected) + 1, node_counters=counters,
+                          node_cpu_us=[_per(None if a is None or b is None else b - a, result["received"])
+                                       for a, b in zip(node0, node1)])
+            result["notes"] += chain_loss_notes(counters, server.roles())
         return result
 
     def _collect(self, children: list[procs.Child], deadline: float) -> list[dict]:
@@ -199,6 +216,37 @@ class Runner:
         finally:
             for child in children:
                 child.stop()
+
+
+def chain_loss_notes(counters: list[dict], roles: list[str]) -> list[str]:
+    """Where a chain lost events, from each node's status counters (path order).
+
+    A node's own drops are counted (``dropped``); what one node sent on its peer links
+    but the next one neither passed on (peer links, clients) nor counted as dropped
+    vanished between the two without any counter, which is worth saying.
+    """
+    notes = []
+    label = [f"{c['node']} ({role})" for c, role in zip(counters, roles)]
+    for i, c in enumerate(counters):
+        if c.get("error"):
+            notes.append(f"{label[i]}: no counters ({c['error']})")
+            continue
+        if c.get("dropped"):
+            notes.append(f"{label[i]} dropped {c['dropped']:,} events (its status counter"
+                         + (f"; {c['peer_dropped']:,} on its peer links)" if c.get("peer_dropped") else ")"))
+        if i == 0:
+            continue
+        prev = counters[i - 1]
+        sent = prev.get("peer_events_out")
+        if sent is None or prev.get("error"):
+            continue
+        last = i == len(counters) - 1
+        passed = (c.get("events_out", 0) if last else c.get("peer_events_out") or 0) + c.get("dropped", 0)
+        if sent > passed:
+            notes.append(f"{sent - passed:,} events that {label[i - 1]} sent on its peer link did not come "
+                         f"out of {label[i]} (delivered{'' if last else ' or forwarded'} "
+                         f"{passed - c.get('dropped', 0):,}) and no node counted them as dropped")
+    return notes
 
 
 def _per(seconds: float | None, events: int) -> float | None:

@@ -53,6 +53,8 @@ class Scenario:
     variants: Callable[[Counts], list[Variant]]
     only: tuple[str, ...] | None = None     # restrict to these systems
     skip_reason: str | None = None          # placeholder scenarios
+    paired: bool = False                    # run i of every variant back to back (ratios per run)
+    not_applicable: tuple[tuple[str, str], ...] = ()   # (system, why): reported as "n/a"
 
 
 def _n(counts: Counts, system: System, n: int) -> int:
@@ -110,6 +112,23 @@ def _workers(workers: int):
     return build
 
 
+def _chain(nodes: int):
+    """1 -> 1, 128 B; with nodes > 1 the publisher is on one end of a chain, the subscriber on the
+    other, and the subscription is confirmed across the cluster before the publisher starts."""
+    def build(n: int) -> Flow:
+        if nodes == 1:
+            return _one_to_one(128)(n)
+        return Flow(128, [Pub("bench.x", n)], [Sub("bench.x", n)], expected=n, nodes=nodes,
+                    confirm="cluster")
+    return build
+
+
+CHAIN_NODES = 3
+SINGLE, CHAIN = "1 node", f"{CHAIN_NODES}-node chain"
+NATS_NA = ("n/a: NATS has no equivalent chain in its normal deployment: a NATS cluster is a full "
+           "mesh, so an event crosses at most one route (1 hop) whatever the number of servers")
+
+
 def _pubsub_variants(c: Counts) -> list[Variant]:
     return [Variant(f"{size} B", _flow(_one_to_one(size), lambda c: c.events, c))
             for size in (16, 128, 1024)]
@@ -156,10 +175,23 @@ SCENARIOS: list[Scenario] = [
              "with one client holding N subscriptions, with N clients connected (spread over 4 "
              "client processes).  CPU µs per routed event is taken from the 1 → 1 128 B runs.",
              lambda c: [Variant("rss", lambda r, s: r.footprint(s, c.subscriptions, c.connections))]),
-    Scenario("cluster", "3-node chain", PLACEHOLDER, PUBSUB,
-             "Publisher on node A, subscriber on node C, events forwarded through B.",
-             lambda c: [], skip_reason="skipped: placeholder, the 3-node chain is not measured by "
-                                       "this harness yet"),
+    Scenario("cluster", "3-node chain vs a single node, 1 → 1, 128 B", THROUGHPUT, PUBSUB,
+             "tscale only.  Three nodes on 127.0.0.1 (one worker each, --no-discovery, a fresh "
+             "cluster name per run, TSCALE_MAX_CHILDREN=1), each joining the previous one.  Parents "
+             "have lower (random) node ids, so in 2 of the 6 id orders the overlay becomes a star "
+             "instead of a chain; such nodes are stopped and three new ones started.  Once every "
+             "node sees the chain, the publisher connects to one end "
+             "and the subscriber to the other (subscribed with confirm=\"cluster\", so the "
+             "interest has reached the publisher's node before it starts), and every event is "
+             "routed by all three nodes.  Compared with the same 1 → 1 flow through one node, "
+             "measured back to back in each run; the ratio is chain ÷ single node (target ≥ "
+             "0.80×).  Counted at the subscriber; node CPU is the sum over all three nodes "
+             "(supervisors and workers) per delivered event.  NATS: n/a, a NATS cluster is a "
+             "full mesh (any event crosses at most one route), so it has no equivalent chain in "
+             "its normal deployment.",
+             lambda c: [Variant(SINGLE, _flow(_chain(1), lambda c: c.events, c)),
+                        Variant(CHAIN, _flow(_chain(CHAIN_NODES), lambda c: c.events, c))],
+             only=("tscale",), paired=True, not_applicable=(("nats", NATS_NA),)),
 ]
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -10,17 +10,22 @@ import importlib
 import importlib.metadata as md
 import importlib.util
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import sys
 import sysconfig
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tscale.bench import procs
 
 START_DEADLINE = 30.0
+CHAIN_FORM_DEADLINE = 30.0   # three nodes on a loaded 2-core machine form an overlay well within this
+CHAIN_ATTEMPTS = 8           # a star instead of a chain: 1 in 3 attempts (see Tscale.start_chain)
 
 # Capabilities a scenario may need.
 PUBSUB, QUEUE, REQREP, FOOTPRINT, WORKERS = "pubsub", "queue", "reqrep", "footprint", "workers"
@@ -49,6 +54,15 @@ class Server:
                 notes.append(f"server log: {n}× '{pattern}'")
         return notes
 
+    @property
+    def pub_addr(self) -> str:
+        """Where publishers connect (a chain puts them on a different node than subscribers)."""
+        return self.addr
+
+    @property
+    def sub_addr(self) -> str:
+        return self.addr
+
     def cpu_seconds(self) -> float | None:
         return self.tree.cpu_seconds() if self.tree else None
 
@@ -64,6 +78,89 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+@dataclass
+class Chain:
+    """Nodes of one cluster linked as a chain, in path order: publisher end, ..., subscriber end.
+
+    Quacks like a ``Server`` for ``Runner.flow``: CPU and RSS are summed over every node
+    (each node's supervisor and workers), ``node_cpu_seconds`` gives them per node.
+    """
+    nodes: list[Server]
+    names: list[str]
+    cluster: str
+    formed_s: float            # from the first node's start to the chain being formed
+    rejected: list[str] = field(default_factory=list)   # shapes of the attempts that were no chain
+
+    @property
+    def addr(self) -> str:
+        return self.nodes[0].addr
+
+    @property
+    def pub_addr(self) -> str:
+        return self.nodes[0].addr
+
+    @property
+    def sub_addr(self) -> str:
+        return self.nodes[-1].addr
+
+    def node_cpu_seconds(self) -> list[float | None]:
+        return [n.cpu_seconds() for n in self.nodes]
+
+    def cpu_seconds(self) -> float | None:
+        per = self.node_cpu_seconds()
+        return None if any(c is None for c in per) else sum(per)
+
+    def rss(self) -> int | None:
+        per = [n.rss() for n in self.nodes]
+        return None if any(r is None for r in per) else sum(per)
+
+    def roles(self) -> list[str]:
+        return ["publisher end"] + ["middle"] * (len(self.nodes) - 2) + ["subscriber end"]
+
+    def loss_notes(self) -> list[str]:
+        return [f"{name} ({role}): {note}" for name, role, node in zip(self.names, self.roles(), self.nodes)
+                for note in node.loss_notes()]
+
+    def counters(self) -> list[dict]:
+        """Each node's own counters (``tscale status``), in path order: events in/out, dropped
+        (a worker drops what a full peer link or client pipe will not take, without a log line)."""
+        import tscale
+
+        out = []
+        for name, node in zip(self.names, self.nodes):
+            try:
+                with tscale.Client(node.addr, name="bench-probe") as client:
+                    st = client.status(timeout=5.0)
+            except Exception as exc:  # noqa: BLE001 - a missing figure must not fail the run
+                out.append(dict(node=name, error=f"{type(exc).__name__}: {exc}"))
+                continue
+            totals = st.get("totals", {})
+            peers = [p for w in st.get("workers", []) for p in (w.get("peers") or {}).values()]
+            out.append(dict(node=name, **{k: totals.get(k, 0) for k in
+                                          ("events_in", "events_out", "dropped")},
+                            peer_events_out=sum(p.get("events_out", 0) for p in peers) if peers else None,
+                            peer_dropped=sum(p.get("dropped", 0) for p in peers) if peers else None))
+        return out
+
+    def stop(self) -> None:
+        stop_servers(self.nodes)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def stop_servers(servers: list[Server]) -> None:
+    """Stop several servers at once (each by its own process group id), not one after another."""
+    threads = [threading.Thread(target=s.stop, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def _dist_version(name: str) -> str:
@@ -111,6 +208,9 @@ class System:
 
     def start(self, rundir: Path, workers: int = 1) -> Server:
         raise NotImplementedError
+
+    def start_chain(self, rundir: Path, nodes: int, workers: int = 1) -> Chain:
+        raise NotImplementedError(f"{self.label}: no multi-node chain in this harness")
 
     def _server(self, addr: str, proc: subprocess.Popen, log: Path) -> Server:
         return Server(addr, proc, procs.Tree(proc.pid), log, self.loss_patterns)
@@ -219,7 +319,8 @@ class Tscale(System):
             return f"import tscale: {type(exc).__name__}: {exc}"
         return None
 
-    def start(self, rundir, workers=1):
+    def start(self, rundir, workers=1, *, cluster: str | None = None, join: str | None = None,
+              name: str | None = None, env: dict | None = None):
         import tscale
 
         port = procs.free_port(span=workers + 1)   # workers, then the cluster control port
@@ -229,6 +330,12 @@ class Tscale(System):
         argv = [sys.executable, "-m", "tscale.cli", "up", "--listen", addr, "--workers",
                 str(workers), "--data-dir", str(data_dir), "--log-level", "warning",
                 "--no-discovery"]   # no UDP beacons from a benchmark: traffic stays on 127.0.0.1
+        if cluster:
+            argv += ["--cluster", cluster]
+        if join:
+            argv += ["--join", join]
+        if name:
+            argv += ["--name", name]
 
         def accepts_client() -> bool:
             if not all(procs.tcp_accepts(port + i) for i in range(workers)):
@@ -237,9 +344,64 @@ class Tscale(System):
             client.close()
             return True
 
-        log = rundir / f"tscale-node-{port}.log"
-        proc = _start_process(argv, log, "tscale node", accepts_client, env=driver_env())
+        log = rundir / f"tscale-node-{name + '-' if name else ''}{port}.log"
+        proc = _start_process(argv, log, f"tscale node {name or ''}".strip(), accepts_client,
+                              env=env or driver_env())
         return self._server(addr, proc, log)
+
+    def start_chain(self, rundir, nodes=3, workers=1):
+        """``nodes`` nodes of a fresh cluster on 127.0.0.1 linked as a chain, in path order.
+
+        Each node joins the previous one (``--join``), beacons are off (``--no-discovery``:
+        nothing leaves 127.0.0.0/8), the cluster name is unique to each attempt (parallel
+        runs never mix), and ``TSCALE_MAX_CHILDREN=1`` for every node.  A node's parent
+        has a lower (random) node id and keeps it once it has one, so the shape depends on
+        the ids: when the last node's id falls between the first two's, the lowest node is
+        already full and takes it anyway as a "last resort", which makes a star, not a
+        chain (2 of the 6 id orders).  Such an attempt is stopped and started afresh (new
+        ids); the chances of needing more than CHAIN_ATTEMPTS are (1/3)**CHAIN_ATTEMPTS.
+        """
+        t0 = time.monotonic()
+        rejected: list[str] = []
+        for _ in range(CHAIN_ATTEMPTS):
+            chain, shape = self._try_chain(rundir, nodes, workers)
+            if chain is not None:
+                chain.formed_s = round(time.monotonic() - t0, 2)
+                chain.rejected = rejected
+                return chain
+            rejected.append(shape)
+        raise procs.ChildError(f"no chain in {CHAIN_ATTEMPTS} attempts; overlays formed instead: "
+                               + " | ".join(rejected))
+
+    def _try_chain(self, rundir, nodes: int, workers: int) -> tuple[Chain | None, str]:
+        """One attempt: (the chain, "") or (None, the shape that formed instead)."""
+        cluster = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
+        env = dict(driver_env(), TSCALE_MAX_CHILDREN="1")
+        started: list[Server] = []
+        names: list[str] = []
+        seen: dict[str, str] = {}   # the overlay last seen while waiting, for the error message
+        try:
+            for i in range(nodes):
+                name = f"node{i + 1}"
+                join = started[-1].addr if started else None
+                try:
+                    server = self.start(rundir, workers, cluster=cluster, join=join, name=name, env=env)
+                except procs.ChildError:   # e.g. a port taken meanwhile by another run: one retry
+                    server = self.start(rundir, workers, cluster=cluster, join=join, name=name, env=env)
+                started.append(server)
+                names.append(name)
+            kind, order = procs.wait_for(lambda: _chain_order(started, names, seen),
+                                         CHAIN_FORM_DEADLINE, f"{nodes} tscale nodes to form one overlay",
+                                         interval=0.1)
+        except BaseException as exc:
+            stop_servers(started)
+            if isinstance(exc, procs.ChildError) and seen:
+                raise procs.ChildError(f"{exc}; overlay last seen: {seen['shape']}") from None
+            raise
+        if kind != "chain":
+            stop_servers(started)
+            return None, seen["shape"]
+        return Chain([started[i] for i in order], [names[i] for i in order], cluster, 0.0), ""
 
     def versions(self):
         root = Path(__file__).resolve().parents[2]
@@ -247,6 +409,47 @@ class Tscale(System):
         if rev.startswith("fatal") or rev.startswith("unknown"):
             rev = "no commit"
         return {"tscale": f"{_dist_version('tscale')} ({rev})"}
+
+
+def _chain_order(servers: list[Server], names: list[str], seen: dict):
+    """("chain", indexes of ``servers`` from one end to the other) once every node agrees
+    on a chain; ("other", None) once they agree on a tree that is not one (it stays so);
+    None while the overlay is still forming.
+
+    Agreed means: every node lists all n members, exactly one is root, and parent and
+    child pointers agree and make n - 1 links.  A chain: the root has exactly one child,
+    the two nodes with exactly one link are the ends, every other node has two.  The
+    path starts at the root end (the publisher's) and follows the children.
+    """
+    import tscale
+
+    sts = []
+    for server in servers:
+        with tscale.Client(server.addr, name="bench-probe") as client:
+            sts.append(client.status(timeout=2.0)["cluster"])
+    n = len(servers)
+    index = {st["node_id"]: i for i, st in enumerate(sts)}
+    short = {st["node_id"]: names[i] for i, st in enumerate(sts)}
+    seen["shape"] = "; ".join(
+        f"{names[i]}: {len(st['members'])} members, parent {short.get(st['parent'], st['parent'])}, "
+        f"children {[short.get(c, c) for c in st['children']]}" for i, st in enumerate(sts))
+    if len(index) != n or any(len(st["members"]) != n for st in sts):
+        return None
+    roots = [st for st in sts if st["root"]]
+    up = {(st["node_id"], st["parent"]) for st in sts if st["parent"]}
+    down = {(child, st["node_id"]) for st in sts for child in st["children"]}
+    if len(roots) != 1 or up != down or len(up) != n - 1 or any(a not in index or b not in index
+                                                                  for a, b in up):
+        return None
+    links = {st["node_id"]: (1 if st["parent"] else 0) + len(st["children"]) for st in sts}
+    ends = [mid for mid, k in links.items() if k == 1]
+    if (len(roots[0]["children"]) != 1 or len(ends) != 2
+            or any(k != 2 for mid, k in links.items() if mid not in ends)):
+        return "other", None
+    path = [roots[0]["node_id"]]   # the root is one of the ends: it has exactly one child
+    while len(path) < n:
+        path.append(sts[index[path[-1]]]["children"][0])
+    return "chain", [index[mid] for mid in path]
 
 
 ALL: dict[str, System] = {s.key: s for s in (Tscale(), Nats(), Redis(), Zmq())}

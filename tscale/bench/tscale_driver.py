@@ -41,13 +41,17 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signa
 
 def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | None = None,
                    idle_timeout: float = 2.0, start_timeout: float = 15.0,
-                   signals: Signals | None = None, topology: dict | None = None) -> dict:
+                   signals: Signals | None = None, topology: dict | None = None,
+                   confirm: str | None = None) -> dict:
+    """``confirm="cluster"``: READY only once every reachable node has the interest (a
+    publisher on another node of the cluster then misses nothing); default: this node."""
     counter = RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout,
                           signals=signals)
     client = _client(addr, "bench-sub")
     try:
         hit = counter.hit
-        client.subscribe(pattern, queue=queue, cb=lambda msg: hit())
+        extra = {"confirm": confirm} if confirm else {}
+        client.subscribe(pattern, queue=queue, cb=lambda msg: hit(), **extra)
         counter.signals.ready()
         while not counter.wait(0.1):
             pass
