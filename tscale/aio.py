@@ -105,6 +105,7 @@ class Client:
         self._inbox_sub: Subscription | None = None
         self._closed = False
         self._tasks: list[asyncio.Task] = []
+        self._monitors: list = []
 
     @classmethod
     async def connect(cls, server: str | None = None, name: str = "", token: str | None = None,
@@ -171,6 +172,7 @@ class Client:
         for k, s in enumerate(socks):
             self._tasks.append(loop.create_task(self._reader(k, s)))
             mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._monitors.append(mon)
             self._tasks.append(loop.create_task(self._monitor(k, mon)))
 
     @property
@@ -369,6 +371,8 @@ class Client:
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for m in self._monitors:      # an open monitor socket makes ctx.term() wait forever
+            m.close(0)
         for s in self._socks:
             s.disable_monitor()
             s.close(200)

@@ -58,8 +58,10 @@ class _Barrier:
 
 class ClusterControl:
     def __init__(self, sup, cluster: str, host: str, port: int, workers: int, join: list[str],
-                 discovery: bool, discovery_port: int, advertise: str, node_id: str, name: str):
+                 discovery: bool, discovery_port: int, advertise: str, node_id: str, name: str,
+                 token: str = ""):
         self.sup = sup
+        self.token = token
         self.ctx: zmq.Context = sup.ctx
         self.bind_host = host
         self.ctl_port = port + workers
@@ -121,14 +123,14 @@ class ClusterControl:
             self.parent_sock.close(100)
         self.router.close(100)
 
-    def _dealer(self, endpoint: str, identity: bool) -> zmq.Socket:
+    def _dealer(self, endpoint: str, identity: bool | str) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
         # No IMMEDIATE: with it, the first (blocking) send of a PROBE, seed HELLO or ATTACH to an
         # endpoint that does not answer blocks the whole control loop forever.  Without it the frame
         # waits in the pipe and the probe/attach time-outs clean up.
         if identity:
-            s.setsockopt(zmq.IDENTITY, self.overlay.id.encode())
+            s.setsockopt(zmq.IDENTITY, (identity if isinstance(identity, str) else self.overlay.id).encode())
         s.connect(endpoint)
         self.poller.register(s, zmq.POLLIN)
         return s
@@ -332,7 +334,8 @@ class ClusterControl:
             if fresh:
                 log.info("node %s (%s) attached as child", ov.members[mid].get("name"), mid)
         elif code == ACCEPT and not via_router and mid == ov.pending_parent:
-            self._learn([cmd[1]] + list(cmd[2]), now)
+            # the parent's own entry has no host when it listens on 0.0.0.0: take the one we reached
+            self._learn([cmd[1]] + list(cmd[2]), now, peer_ip)
             ov.accepted(mid, now)
             self._link_up(mid, now)
             log.info("attached to parent %s (%s)", ov.members.get(mid, {}).get("name"), mid)
@@ -464,7 +467,9 @@ class ClusterControl:
     def _probe(self, endpoint: str, now: float):
         if endpoint in self.probes:
             return
-        s = self._dealer(endpoint, identity=True)
+        # Not our node id: the peer's ROUTER hands an identity over to its newest connection
+        # (ROUTER_HANDOVER), so a probe under our id would cut our link if that peer is our parent.
+        s = self._dealer(endpoint, identity=self.overlay.id + "/probe")
         s.send(pack([PROBE, self.overlay.my_entry(), self.overlay.gossip()]))
         self.probes[endpoint] = (s, now + PROBE_TIMEOUT, "probe")
 
@@ -473,7 +478,8 @@ class ClusterControl:
         if ep in self.probes:
             return
         s = self._dealer(ep, identity=False)
-        s.send(ClientCore(name=f"tscale-node {self.overlay.me['name']}", lang="tscale-node").hello(direct=False))
+        s.send(ClientCore(name=f"tscale-node {self.overlay.me['name']}", token=self.token or None,
+                          lang="tscale-node").hello(direct=False))
         self.probes[ep] = (s, now + PROBE_TIMEOUT, "seed")
 
     # -- time ------------------------------------------------------------------------------

@@ -61,6 +61,12 @@ class NodeConfig:
             parse_hostport(c.advertise)
         if not c.cluster or not c.cluster.isprintable() or len(c.cluster) > 64:
             raise ConfigError(f"cluster name {c.cluster!r}: 1..64 printable characters")
+        if c.client_hwm < 1:
+            raise ConfigError("client_hwm must be at least 1 (frames queued per client)")
+        if c.max_subs_per_conn < 1:
+            raise ConfigError("max_subs_per_conn must be at least 1")
+        if c.max_children < 1:
+            raise ConfigError("max_children must be at least 1")
         if c.workers > 256:
             raise ConfigError("workers must be at most 256")
         return c

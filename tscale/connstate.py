@@ -12,13 +12,14 @@ class Connection:
     place, never replaced.
     """
 
-    __slots__ = ("ident", "name", "lang", "direct", "out", "subs", "blocked",
+    __slots__ = ("ident", "name", "lang", "peer", "direct", "out", "subs", "blocked",
                  "events_out", "drops", "last_seen", "greeted", "rejected", "errors")
 
     def __init__(self, ident: bytes, now: float):
         self.ident = ident
         self.name = ""
         self.lang = ""
+        self.peer = ""           # node id, for node-to-node links
         self.direct = False      # connects to every worker and shards by itself
         self.out: list = [protocol.MSG]
         self.subs: dict = {}     # sid -> Subscription

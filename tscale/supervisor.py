@@ -109,7 +109,8 @@ class Supervisor:
         self.poller.register(self.sub, zmq.POLLIN)
         c = self.cfg
         self.cluster = ClusterControl(self, c.cluster, self.host, self.port, c.workers, c.join_list(),
-                                      not c.no_discovery, c.discovery_port, c.advertise, self.node_id, c.name)
+                                      self._discovery(), c.discovery_port, c.advertise, self.node_id, c.name,
+                                      c.token)
         self.cluster.overlay.max_children = c.max_children
         try:
             self.cluster.open(self.poller)
@@ -136,6 +137,14 @@ class Supervisor:
         if self.running:
             self.log.info("received %s, shutting down", signal.Signals(signum).name)
         self.running = False
+
+    def _discovery(self) -> bool:
+        if self.cfg.no_discovery:
+            return False
+        if self.host.startswith("127.") or self.host in ("localhost", "::1"):
+            self.log.info("listening on a loopback address: UDP discovery off (use --join)")
+            return False
+        return True
 
     def bus_all(self, msg: list):
         self.pub.send_multipart([bus.ALL, pack(msg)])

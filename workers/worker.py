@@ -215,11 +215,16 @@ class Worker:
             self._on_unsub(conn, cmd)
         elif code == HELLO:
             self._on_hello(conn, cmd)
-        elif code == STATUS and not conn.rejected:
+        elif code == STATUS:
+            if conn.rejected:
+                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
+                            cmd[1] if len(cmd) > 1 else None)
+                return
             self._send(conn, pack([protocol.STATUS_REPLY, cmd[1] if len(cmd) > 1 else None, self.status()]))
         elif code == PEER_EVENTS:
-            if conn.rejected:
-                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
+            if conn.rejected or not conn.peer:
+                # Only node-to-node links (HELLO with "peer") may inject routed events.
+                self._error(conn, protocol.E_NOT_AUTHORIZED, "PEER_EVENTS is for tscale nodes; say HELLO as a peer")
                 return
             self._ingest_peer(cmd[1], cmd, 2)
         elif code == BYE:
@@ -247,6 +252,7 @@ class Worker:
         conn.rejected = False
         conn.name = str(opts.get("name") or "")[:128]
         conn.lang = str(opts.get("lang") or "")[:32]
+        conn.peer = str(opts.get("peer") or "")[:64]
         direct = bool(opts.get("direct"))
         if direct != conn.direct:
             self._drop_subs(conn)
@@ -318,9 +324,10 @@ class Worker:
                     self._route_shared(r, name, payload, meta, None, None)
         except TypeError:
             bad = (protocol.E_MALFORMED, "event name must be a string")
-        self.stats["events_in"] += (n - start) // 3
-        if bad is not None and conn is not None:
-            self._error(conn, *bad)
+        if conn is not None:   # counted where the event entered the node, not again at its owner
+            self.stats["events_in"] += (n - start) // 3
+            if bad is not None:
+                self._error(conn, *bad)
 
     def _payload_error(self, payload):
         if type(payload) is not bytes:
@@ -444,7 +451,8 @@ class Worker:
     # -- subscriptions ------------------------------------------------------
     def _on_sub(self, conn: Connection, cmd: list):
         if conn.rejected:
-            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
+            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
+                        cmd[4] if len(cmd) > 4 else None)
             return
         if len(cmd) not in (5, 6):
             self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req, options?]")
