@@ -222,11 +222,6 @@ def test_queue_group_across_nodes_exactly_one_member_and_local_preference(quad):
     assert sorted(second(members[local.name])) == list(range(10_000, 10_000 + m))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a member's weight in the cluster-wide pick is multiplied by its node's worker count "
-    "(every worker of a node announces a direct client's wildcard subscription: interest count = workers), "
-    "while a node's own member is one slot in its local picker; so a member on a node that also forwards "
-    "to other members gets 1/(1 + 2*workers) instead of 1/3 with 3 members"))
 def test_queue_group_split_is_fair_whatever_the_topology(quad):
     """Members on 3 nodes, the publisher on a 4th (a leaf): each member should get about a third.
     The publisher's parent hosts a member AND forwards to the others, which is where the split goes wrong."""

@@ -568,5 +568,12 @@ class ClusterControl:
                 "lost": [{"id": x["id"], "name": x["name"], "ago_s": round(now - x["at"], 1), "why": x["why"]}
                          for x in ov.lost],
                 "interest_entries": self.interest.total_keys(),
+                "interest": {"local": _entries(self.interest.local),
+                             "links": {mid: _entries(t) for mid, t in self.interest.links.items()}},
                 "discovery": bool(self.udp), "control_port": self.ctl_port}
 
+
+
+def _entries(table: dict, limit: int = 100) -> list:
+    """[pattern, group, count] rows for status, at most `limit` of them."""
+    return [[p, g, n] for (p, g), n in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))[:limit]]

@@ -56,34 +56,39 @@ class LinkInterest:
 class GroupPicker:
     """Picks one member of a queue group per event: weighted round robin over
     slots, skipping local members whose connection is blocked (send buffer full),
-    so a member that does not read gets no more than its share."""
+    so a member that does not read gets no more than its share.
 
-    __slots__ = ("slots", "_next")
+    The rotation `cursor` belongs to the group, not to the event name: routes are
+    cached per name, and a cursor per name would restart at the first member for
+    every new name (all events of `jobs.1`, `jobs.2`, ... to one member)."""
 
-    def __init__(self, slots: list):
+    __slots__ = ("slots", "cursor")
+
+    def __init__(self, slots: list, cursor: list | None = None):
         self.slots = slots
-        self._next = 0
+        self.cursor = cursor if cursor is not None else [0]
 
     def pick(self, exclude=None):
         """Next member; never one behind link `exclude` (where the event came from)."""
         slots = self.slots
         n = len(slots)
-        start = self._next
+        cursor = self.cursor
+        start = cursor[0] % n
         fallback = None
         for k in range(n):
             i = (start + k) % n
             m = slots[i]
             if type(m) is Subscription:
                 if not m.conn.blocked:
-                    self._next = i + 1
+                    cursor[0] = i + 1
                     return m
                 if fallback is None:
                     fallback = m
             elif m.link != exclude:
-                self._next = i + 1
+                cursor[0] = i + 1
                 return m
         # Every eligible member is blocked: keep rotating; the send will count a drop.
-        self._next = start + 1
+        cursor[0] = start + 1
         return fallback
 
 
@@ -121,6 +126,7 @@ class RoutingTable:
         self._trie = SubjectTrie()
         self._links: dict[tuple, LinkInterest] = {}
         self._cache: dict[str, Route] = {}
+        self._cursors: dict[tuple, list] = {}   # (group key, which picker) -> rotation cursor
         self.local_count = 0
 
     # -- changes -----------------------------------------------------------
@@ -213,15 +219,24 @@ class RoutingTable:
                 groups.setdefault(key, []).extend([m] * m.count)
         r.links = links
         r.peers = peers
+        cursor = self._cursor
         for k, v in groups.items():
             here = [m for m in v if type(m) is Subscription or type(m.link) is not str]
-            every = GroupPicker(v)
-            r.groups.append((k, GroupPicker(here) if here else None, every))
+            every = GroupPicker(v, cursor(k, "all"))
+            r.groups.append((k, GroupPicker(here, cursor(k, "here")) if here else None, every))
             r.group_map[k] = every
-        r.proxied_groups = {k: GroupPicker(v) for k, v in pgroups.items()}
+        r.proxied_groups = {k: GroupPicker(v, cursor(k, "proxied")) for k, v in pgroups.items()}
         r.shared = bool(links or peers or groups)
         r.empty = not (r.local or r.shared)
         return r
+
+    def _cursor(self, key: str, which: str) -> list:
+        c = self._cursors.get((key, which))
+        if c is None:
+            if len(self._cursors) > 100_000:
+                self._cursors.clear()
+            c = self._cursors[(key, which)] = [0]
+        return c
 
     def subscriptions(self) -> int:
         return self.local_count

@@ -524,7 +524,10 @@ class Worker:
     def _announce(self, s: Subscription, delta: int, ackkey) -> set:
         """Tell the supervisor (cluster interest) and, for a proxied subscription, the
         owner workers; returns the workers whose confirmation to wait for."""
-        self.local_changes.append([s.pattern, s.group, delta])
+        if not s.conn.direct or is_literal(s.pattern) or self.index == 0:
+            # A direct client registers a wildcard on every worker; count it once
+            # (worker 0 reports it) so queue-group weights between nodes are true.
+            self.local_changes.append([s.pattern, s.group, delta])
         if s.conn.direct:
             return set()
         key = (s.pattern, s.group)
