@@ -71,3 +71,11 @@ def test_rank_rule_and_room():
               {"id": "9", "cluster": "other", "hb": 1}], 0.0)
     assert "9" not in ov.members                           # other clusters are ignored
     assert ov.parent_candidate(0.0) == ("1", False)        # fewest children, then lowest rank
+
+
+def test_parts_that_formed_apart_find_each_other_through_seeds():
+    """Regression: two parts formed, each root only knew its own part, and member
+    knowledge from the joins had expired; periodic seed probes by every node fix it."""
+    net = SimNet(26, seed=228)
+    assert net.run_until_converged(max_rounds=200) > 0
+    assert len(net.components()) == 1

@@ -38,7 +38,8 @@ PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, BY
 
 HB_EVERY = 0.5
 BEACON_EVERY = 1.0
-SEEK_EVERY = 2.0          # probe seeds / unknown beacon senders
+SEEK_EVERY = 2.0          # roots probe seeds / unknown beacon senders / a random member
+RESEED_EVERY = 5          # every node re-probes its seeds every 5 x SEEK_EVERY
 ATTACH_TIMEOUT = 1.0
 PROBE_TIMEOUT = 2.0
 BARRIER_TIMEOUT = 3.0
@@ -88,6 +89,7 @@ class ClusterControl:
         self.next_hb = self.next_beacon = self.next_seek = 0.0
         self.udp: socket.socket | None = None
         self.rnd = random.Random()
+        self.seeks = 0
 
     # -- sockets ----------------------------------------------------------------
     def open(self, poller: zmq.Poller):
@@ -519,6 +521,12 @@ class ClusterControl:
             self._beacon()
         if now >= self.next_seek:
             self.next_seek = now + SEEK_EVERY
+            self.seeks += 1
+            if not (ov.is_root() or not ov.members) and self.seeks % RESEED_EVERY == 0:
+                # Everyone re-probes its seeds now and then: the --join graph is connected,
+                # so two parts that formed apart always hear of each other again.
+                for host, port in self.seeds:
+                    self._resolve_seed(host, port, now)
             if ov.is_root() or not ov.members:
                 for host, port in self.seeds:
                     self._resolve_seed(host, port, now)

@@ -72,8 +72,10 @@ class SimNet:
         for nid in live:   # gossip over links; roots also ask their seeds and one random member
             ov = self.nodes[nid]
             peers = list(ov.neighbours()) if gossip_round else []
-            if (ov.is_root() or not ov.members) and int(now / ROUND) % 4 == 0:   # every SEEK_EVERY (2 s)
+            r = int(now / ROUND)
+            if ((ov.is_root() or not ov.members) and r % 4 == 0) or r % 20 == 0:   # 2 s for roots, 10 s for all
                 peers += self.seeds[nid]
+            if (ov.is_root() or not ov.members) and r % 4 == 0:
                 extra = ov.seek_target(self.rnd)
                 if extra is not None:
                     peers.append(extra)
