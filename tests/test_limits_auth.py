@@ -1,0 +1,117 @@
+"""Max payload (announced at connect, enforced by client and node) and token authentication."""
+from __future__ import annotations
+
+import pytest
+
+import tscale
+from conftest import DEADLINE, Node, RawError, collect, name_for, uniq
+from tscale import protocol
+
+MAX = 1000
+MAX_SUBS = 5
+
+
+@pytest.fixture(scope="module")
+def small_node(tmp_path_factory):
+    n = Node(tmp_path_factory.mktemp("maxpayload"), workers=2, extra=["--max-payload", str(MAX)],
+             env={"TSCALE_MAX_SUBS_PER_CONN": str(MAX_SUBS)})
+    try:
+        n.start()
+        yield n
+    finally:
+        n.stop()
+
+
+def test_max_payload_announced_and_enforced_by_client(small_node, clients):
+    c = clients(small_node, name="mp")
+    assert c.max_payload == MAX
+    assert c.info["max_payload"] == MAX
+    P = uniq("mp")
+    sub = c.subscribe(P + ".>")
+    with pytest.raises(tscale.TscaleError):
+        c.publish(P + ".big", b"x" * (MAX + 1))
+    c.publish(P + ".fits", b"x" * MAX)
+    m = sub.next_msg(timeout=DEADLINE)
+    assert (m.name, len(m.data)) == (P + ".fits", MAX)
+    assert small_node.status()["node"]["max_payload"] == MAX
+
+
+@pytest.mark.parametrize("port_index", [0, 1])
+def test_oversize_payload_rejected_others_in_frame_delivered(small_node, clients, raws, port_index):
+    P = uniq("mpr")
+    names = [name_for(0, 2, P), name_for(1, 2, P, start=50), name_for(0, 2, P, start=100)]
+    sub = clients(small_node, name="mp-sub").subscribe(P + ".>")
+    r = raws(small_node.ports[port_index], name="mp-raw")
+    assert r.welcome[2]["max_payload"] == MAX
+    r.send([protocol.PUB, names[0], b"a" * 10, None,
+            names[1], b"b" * (MAX + 1), None,        # too large
+            names[1], b"c" * MAX, None,              # exactly the limit: fine
+            names[2], b"d", None])
+    e = r.wait_error(protocol.E_PAYLOAD_TOO_LARGE)
+    assert e[4] is False, "payload_too_large is not fatal"
+    assert str(MAX) in e[2]
+    got = collect(sub, 3)
+    assert sorted((m.name, m.data[:1], len(m.data)) for m in got) == sorted(
+        [(names[0], b"a", 10), (names[1], b"c", MAX), (names[2], b"d", 1)])
+    r.ping(DEADLINE)      # the connection is still served
+
+
+def test_too_many_subscriptions(small_node, raws):
+    r = raws(small_node.port, name="many-subs")
+    P = uniq("many")
+    sids = [r.sub(f"{P}.{i}") for i in range(MAX_SUBS)]
+    with pytest.raises(RawError) as ei:
+        r.sub(f"{P}.over")
+    assert ei.value.code == protocol.E_TOO_MANY_SUBS
+    r.unsub(sids[0])                # freeing one makes room again
+    r.sub(f"{P}.again")
+    r.ping(DEADLINE)
+
+
+# ----------------------------------------------------------------------------- token
+@pytest.fixture(scope="module")
+def token_node(tmp_path_factory):
+    n = Node(tmp_path_factory.mktemp("token"), workers=2, token="secret")
+    try:
+        n.start()
+        yield n
+    finally:
+        n.stop()
+
+
+def test_right_token_works(token_node, clients):
+    c = clients(token_node, token="secret", name="tok-ok")
+    P = uniq("tok")
+    sub = c.subscribe(P + ".>")
+    for k in range(2):
+        c.publish(name_for(k, 2, P), b"hi")
+    assert len(collect(sub, 2)) == 2
+    assert c.status()["node"]["workers"] == 2
+
+
+@pytest.mark.parametrize("token", ["wrong", None, ""])
+def test_wrong_or_missing_token_is_refused(token_node, token):
+    with pytest.raises(tscale.ConnectError):
+        c = tscale.Client(token_node.addr, token=token, name="tok-bad", connect_timeout=10)
+        c.close()
+
+
+def test_raw_publish_without_hello_not_authorized(token_node, clients, raws):
+    P = uniq("tokraw")
+    sub = clients(token_node, token="secret").subscribe(P + ".>")
+    r = raws(token_node.port, hello=False)
+    r.pub(name_for(0, 2, P), b"sneaky")
+    e = r.wait_error(protocol.E_NOT_AUTHORIZED)
+    assert e[4] is True
+    r.errors.clear()
+    r.send([protocol.SUB, 1, ">", None, 7])
+    assert r.wait_error(protocol.E_NOT_AUTHORIZED)
+    # a wrong token in HELLO is refused too
+    w = r.hello(token="nope")
+    assert w[0] == protocol.ERR and w[1] == protocol.E_NOT_AUTHORIZED
+    # ... and the right token opens the connection
+    assert r.hello(token="secret")[0] == protocol.WELCOME
+    good = name_for(1, 2, P)
+    r.pub(good, b"now allowed")
+    m = sub.next_msg(timeout=DEADLINE)
+    assert (m.name, m.data) == (good, b"now allowed"), "the unauthorized event must not have been delivered"
