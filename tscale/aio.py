@@ -96,7 +96,6 @@ class Client:
         self.server = server or default_server()
         self._core = ClientCore(name=name, token=token)
         self._error_cb = error_cb
-        self.last_error: ServerError | None = None
         self._ctx = zmq.asyncio.Context()
         self._host, self._port = parse_address(self.server)
         self._waiters: dict = {}
@@ -183,6 +182,10 @@ class Client:
     def max_payload(self) -> int:
         return self._core.max_payload
 
+    @property
+    def last_error(self) -> ServerError | None:
+        return self._core.last_error
+
     # -- tasks --------------------------------------------------------------------
     async def _sender(self):
         core, outq, socks = self._core, self._outq, self._socks
@@ -214,24 +217,22 @@ class Client:
                     if sub is not None:
                         meta = cmd[i + 3] or (None, None)
                         sub._push(Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self))
-            elif code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
-                f = self._waiters.pop(cmd[1], None)
-                if f is not None and not f.done():
-                    f.set_result(cmd[2] if code == protocol.STATUS_REPLY else None)
-            elif code == protocol.ERR:
-                e = self._core.error_of(cmd)
-                f = self._waiters.pop(cmd[3], None) if len(cmd) > 3 and cmd[3] is not None else None
-                if f is not None and not f.done():
-                    f.set_exception(e)
-                else:
-                    self.last_error = e
-                    log.warning("node reported %s", e)
-                    if self._error_cb is not None:
-                        r = self._error_cb(e)
-                        if inspect.isawaitable(r):
-                            await r
-            elif code == protocol.PING:
-                self._send(k, protocol.pack([protocol.PONG, cmd[1]]))
+            else:
+                kind, f, value = self._core.control(cmd, self._waiters)
+                if kind == "reply" and f is not None and not f.done():
+                    f.set_result(value)
+                elif kind == "error":
+                    if f is not None:
+                        if not f.done():
+                            f.set_exception(value)
+                    else:
+                        self._core.async_error(value)
+                        if self._error_cb is not None:
+                            r = self._error_cb(value)
+                            if inspect.isawaitable(r):
+                                await r
+                elif kind == "pong":
+                    self._send(k, value)
 
     async def _monitor(self, k: int, mon):
         while True:

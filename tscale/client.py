@@ -186,7 +186,6 @@ class Client:
         self.server = server or default_server()
         self._core = ClientCore(name=name, token=token)
         self._error_cb = error_cb
-        self.last_error: ServerError | None = None
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
         self._waiters: dict = {}
@@ -260,6 +259,11 @@ class Client:
     @property
     def max_payload(self) -> int:
         return self._core.max_payload
+
+    @property
+    def last_error(self) -> ServerError | None:
+        """The last error frame that answered no request (a bad publish, for instance)."""
+        return self._core.last_error
 
     # -- I/O thread ------------------------------------------------------------
     def _wake(self):
@@ -367,24 +371,19 @@ class Client:
                         cb(msg)
                     except Exception:
                         log.exception("subscription callback for %r raised", sub.pattern)
-            elif code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
-                w = self._waiters.pop(cmd[1], None)
-                if w is not None:
-                    w.set(cmd[2] if code == protocol.STATUS_REPLY else None)
-            elif code == protocol.ERR:
-                e = self._core.error_of(cmd)
-                w = self._waiters.pop(cmd[3], None) if len(cmd) > 3 and cmd[3] is not None else None
-                if w is not None:
-                    w.set(error=e)
-                else:
-                    self.last_error = e
-                    log.warning("node reported %s", e)
-                    if self._error_cb is not None:
-                        self._error_cb(e)
-            elif code == protocol.PING:
-                self._outq[k].append(protocol.pack([protocol.PONG, cmd[1]]))
-            elif code == protocol.WELCOME:
-                pass
+            else:
+                kind, w, value = self._core.control(cmd, self._waiters)
+                if kind == "reply" and w is not None:
+                    w.set(value)
+                elif kind == "error":
+                    if w is not None:
+                        w.set(error=value)
+                    else:
+                        self._core.async_error(value)
+                        if self._error_cb is not None:
+                            self._error_cb(value)
+                elif kind == "pong":
+                    self._outq[k].append(value)
 
     def _monitor_event(self, k: int, m: zmq.Socket):
         try:

@@ -8,12 +8,15 @@ only move frames and wake threads or tasks.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 from zlib import crc32
 
 from . import protocol
 from .errors import ServerError, TscaleError
 from .subjects import is_literal, name_error, pattern_error
+
+_log = logging.getLogger("tscale.client")
 
 BATCH_EVENTS = 1000          # events per PUB frame at most
 BATCH_BYTES = 1 << 20        # payload bytes per PUB frame at most (one large event may exceed it)
@@ -74,6 +77,7 @@ class ClientCore:
         self.workers = 1
         self.ports: list[int] = []
         self.max_payload = 1 << 20
+        self.last_error: ServerError | None = None
         self.info: dict = {}
         self.subs: dict[int, SubState] = {}
         self._sids = itertools.count(1)
@@ -170,6 +174,29 @@ class ClientCore:
 
     def inbox(self) -> str:
         return self.inbox_prefix + str(next(self._reqs))
+
+    def control(self, cmd: list, waiters: dict):
+        """Handle a frame other than MSG, the same way for both clients.
+
+        Pops the waiter the frame answers from `waiters` and returns one of
+        ("reply", waiter, value), ("error", waiter, ServerError) with waiter None
+        for an error nobody waits for, ("pong", None, frame to send back) or
+        ("ignore", None, None)."""
+        code = cmd[0]
+        if code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
+            value = cmd[2] if code == protocol.STATUS_REPLY and len(cmd) > 2 else None
+            return "reply", waiters.pop(cmd[1], None) if len(cmd) > 1 else None, value
+        if code == protocol.ERR:
+            req = cmd[3] if len(cmd) > 3 else None
+            return "error", waiters.pop(req, None) if req is not None else None, self.error_of(cmd)
+        if code == protocol.PING:
+            return "pong", None, protocol.pack([protocol.PONG, cmd[1] if len(cmd) > 1 else None])
+        return "ignore", None, None
+
+    def async_error(self, e: ServerError) -> None:
+        """An error frame that answers no request: remembered and logged."""
+        self.last_error = e
+        _log.warning("node reported %s", e)
 
     @staticmethod
     def error_of(cmd: list) -> ServerError:
