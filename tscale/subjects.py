@@ -12,14 +12,22 @@ MAX_NAME_LEN = 512
 _BAD_CHARS = frozenset(" \t\r\n\f\v\x00")
 
 
+def _shape_error(what: str, value) -> str | None:
+    """Checks names and patterns share: a string, a sane length, no whitespace."""
+    if type(value) is not str:
+        return f"{what} must be a string"
+    if not value or len(value) > MAX_NAME_LEN:
+        return f"{what} must be 1..{MAX_NAME_LEN} characters"
+    if not _BAD_CHARS.isdisjoint(value):
+        return f"{what} {value!r} contains whitespace or NUL"
+    return None
+
+
 def name_error(name) -> str | None:
     """Why `name` is not a valid event name, or None if it is."""
-    if type(name) is not str:
-        return "name must be a string"
-    if not name or len(name) > MAX_NAME_LEN:
-        return f"name must be 1..{MAX_NAME_LEN} characters"
-    if not _BAD_CHARS.isdisjoint(name):
-        return f"name {name!r} contains whitespace or NUL"
+    e = _shape_error("name", name)
+    if e is not None:
+        return e
     for tok in name.split("."):
         if not tok:
             return f"name {name!r} has an empty token"
@@ -30,12 +38,9 @@ def name_error(name) -> str | None:
 
 def pattern_error(pattern) -> str | None:
     """Why `pattern` is not a valid subscription pattern, or None if it is."""
-    if type(pattern) is not str:
-        return "pattern must be a string"
-    if not pattern or len(pattern) > MAX_NAME_LEN:
-        return f"pattern must be 1..{MAX_NAME_LEN} characters"
-    if not _BAD_CHARS.isdisjoint(pattern):
-        return f"pattern {pattern!r} contains whitespace or NUL"
+    e = _shape_error("pattern", pattern)
+    if e is not None:
+        return e
     toks = pattern.split(".")
     for i, tok in enumerate(toks):
         if not tok:
