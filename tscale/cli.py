@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from typing import List, Optional
 
 import typer
@@ -33,6 +34,19 @@ def _client(server: Optional[str], name: str):
         return Client(server, name=name, connect_timeout=5.0)
     except ConnectError as exc:
         _fail(EXIT_UNREACHABLE, str(exc))
+
+
+@contextmanager
+def _session(server: Optional[str], name: str):
+    """A connected client; any tscale error becomes exit code 1 with its one-line reason."""
+    from .errors import TscaleError
+    c = _client(server, name)
+    try:
+        yield c
+    except TscaleError as exc:
+        _fail(EXIT_FAILED, str(exc))
+    finally:
+        c.close()
 
 
 def _headers(items: List[str]) -> Optional[dict]:
@@ -85,20 +99,14 @@ def pub(
     server: Optional[str] = ServerOpt,
 ):
     """Publish an event."""
-    from .errors import TscaleError
     payload = sys.stdin.buffer.read() if data is None else data.encode()
     headers = _headers(header)
-    c = _client(server, "tscale-pub")
-    try:
+    with _session(server, "tscale-pub") as c:
         for _ in range(count):
             c.publish(name, payload, headers=headers)
         c.flush()
         if c.last_error is not None:
             _fail(EXIT_FAILED, str(c.last_error))
-    except TscaleError as exc:
-        _fail(EXIT_FAILED, str(exc))
-    finally:
-        c.close()
 
 
 def _render(msg, as_json: bool) -> str:
@@ -125,25 +133,21 @@ def sub(
     server: Optional[str] = ServerOpt,
 ):
     """Print events as they arrive."""
-    from .errors import Timeout, TscaleError
-    c = _client(server, "tscale-sub")
+    from .errors import Timeout
     got = 0
-    try:
+    with _session(server, "tscale-sub") as c:
         s = c.subscribe(pattern, queue=queue)
         print(f"subscribed to {pattern}" + (f" in queue group {queue}" if queue else ""), file=sys.stderr, flush=True)
-        while count == 0 or got < count:
-            try:
-                msg = s.next_msg(timeout=timeout or None)
-            except Timeout:
-                _fail(EXIT_FAILED, f"no event within {timeout:g}s ({got} received)")
-            print(_render(msg, as_json), flush=True)
-            got += 1
-    except KeyboardInterrupt:
-        pass
-    except TscaleError as exc:
-        _fail(EXIT_FAILED, str(exc))
-    finally:
-        c.close()
+        try:
+            while count == 0 or got < count:
+                try:
+                    msg = s.next_msg(timeout=timeout or None)
+                except Timeout:
+                    _fail(EXIT_FAILED, f"no event within {timeout:g}s ({got} received)")
+                print(_render(msg, as_json), flush=True)
+                got += 1
+        except KeyboardInterrupt:
+            pass
 
 
 @app.command()
@@ -156,22 +160,18 @@ def req(
     server: Optional[str] = ServerOpt,
 ):
     """Send a request and print the reply."""
-    from .errors import NoResponders, Timeout, TscaleError
-    c = _client(server, "tscale-req")
-    try:
-        msg = c.request(name, data.encode(), timeout=timeout, headers=_headers(header))
+    from .errors import NoResponders, Timeout
+    with _session(server, "tscale-req") as c:
+        try:
+            msg = c.request(name, data.encode(), timeout=timeout, headers=_headers(header))
+        except NoResponders:
+            _fail(EXIT_FAILED, f"no responders for {name}")
+        except Timeout:
+            _fail(EXIT_FAILED, f"no reply within {timeout:g}s")
         if as_json:
             print(_render(msg, True))
         else:
             sys.stdout.buffer.write(msg.data + (b"" if msg.data.endswith(b"\n") else b"\n"))
-    except NoResponders:
-        _fail(EXIT_FAILED, f"no responders for {name}")
-    except Timeout:
-        _fail(EXIT_FAILED, f"no reply within {timeout:g}s")
-    except TscaleError as exc:
-        _fail(EXIT_FAILED, str(exc))
-    finally:
-        c.close()
 
 
 @app.command()
@@ -181,15 +181,9 @@ def status(
     server: Optional[str] = ServerOpt,
 ):
     """Show the node's state: workers, clients, traffic, drops (--cluster: the whole cluster)."""
-    from .errors import TscaleError
     from .status_view import render_cluster, render_status
-    c = _client(server, "tscale-status")
-    try:
+    with _session(server, "tscale-status") as c:
         st = c.status()
-    except TscaleError as exc:
-        _fail(EXIT_FAILED, str(exc))
-    finally:
-        c.close()
     if as_json:
         if cluster:
             st = {"schema": st.get("schema"), "node": st.get("node"), "cluster": st.get("cluster"),
