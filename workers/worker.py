@@ -392,13 +392,16 @@ class Worker:
     def _ingest_peer(self, src, cmd: list, start: int):
         """Events from peer node `src`: [name, payload, meta, groups] quadruples."""
         me = self.index
+        cache_get = self.table._cache.get
         route = self.table.route
         dirty = self.dirty
+        peer_links = self.peer_links
+        cap = self.peer_frame_bytes
         n = len(cmd)
         try:
             for i in range(start, n - 3, 4):
                 name = cmd[i]
-                r = route(name)
+                r = cache_get(name) or route(name)
                 payload, meta, keys = cmd[i + 1], cmd[i + 2], cmd[i + 3]
                 if r.owner != me:
                     buf = self.fwd_peer.get((r.owner, src))
@@ -411,7 +414,21 @@ class Worker:
                     if len(o) == 1:
                         dirty.append(c)
                     o += (sid, name, payload, meta)
-                if r.shared:
+                if not r.shared:
+                    continue
+                if keys is None and not r.groups and not r.links:
+                    # Relaying to other peers only: the common case in the middle of a tree.
+                    for peer in r.peers:
+                        if peer != src:
+                            link = peer_links.get(peer)
+                            if link is None:
+                                continue
+                            out = link.out
+                            out += (name, payload, meta, None)
+                            link.bytes += len(payload)
+                            if link.bytes >= cap or len(out) >= PEER_BATCH_LEN:
+                                self._send_peer(link)
+                else:
                     self._route_shared(r, name, payload, meta, src, keys)
         except (TypeError, AttributeError):
             self.rlog.warning(("peer-bad", src), "malformed events from peer %s dropped", src)
