@@ -86,11 +86,6 @@ def test_status_complete_right_after_start(make_node):
     check_schema(node.status(), node)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "BUG: right after worker 0 is restarted (and right after a node starts), worker 0 answers STATUS "
-    "before the supervisor's first NODE_STATUS broadcast reaches it: the document then lists only worker 0, "
-    "without 'alive'/'restarts'/'cpu_percent'/'rss_bytes', and 'node' is {}. Not strict: the window is "
-    "about 1 s and a poll can miss it"))
 def test_status_schema_holds_while_worker0_restarts(make_node):
     node = make_node(2)
     old = node.kill_worker(0, signal.SIGKILL)

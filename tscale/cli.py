@@ -78,7 +78,7 @@ def up(
 ):
     """Run a node: a supervisor and one worker per core. Stops cleanly on SIGTERM/SIGINT."""
     from .config import ConfigError, load
-    from .supervisor import run_node
+    from .supervisor import exec_node
     flags = dict(listen=listen, workers=workers, name=name, data_dir=data_dir, config=config,
                  log_level=log_level, log_format=log_format, max_payload=max_payload, token=token,
                  join=join, cluster=cluster, no_discovery=no_discovery, discovery_port=discovery_port,
@@ -87,7 +87,7 @@ def up(
         cfg = load(flags)
     except ConfigError as exc:
         _fail(EXIT_USAGE, str(exc))
-    raise typer.Exit(run_node(cfg))
+    exec_node(cfg)   # replaces this process (same pid) with a supervisor that never loads the CLI
 
 
 @app.command()

@@ -21,6 +21,8 @@ import zmq
 
 from . import __version__, bus
 from .cluster import ClusterControl
+from dataclasses import asdict
+
 from .config import NodeConfig, parse_hostport
 from .logs import setup
 from .protocol import pack
@@ -80,9 +82,10 @@ class Supervisor:
         }
 
     def _spawn(self, w: WorkerProc):
+        env = dict(os.environ, TSCALE_WORKER_SPEC=json.dumps(self._spec(w.index)))   # not argv: holds the token
         w.popen = subprocess.Popen(
-            [sys.executable, "-m", "tscale_workers", json.dumps(self._spec(w.index))],
-            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+            [sys.executable, "-m", "tscale_workers", f"--index={w.index}"],
+            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
         w.started = time.monotonic()
         try:
             w.ps = psutil.Process(w.popen.pid)
@@ -197,6 +200,7 @@ class Supervisor:
                 self.cluster.worker_synced(arg, index)
             elif kind == bus.WORKER_HELLO:
                 self.cluster.worker_snapshot(index, arg)
+                self.bus_to(index, [bus.NODE_STATUS, bus.SUPERVISOR, self.status()])
 
     def _watch(self, now: float):
         for w in self.workers:
@@ -292,3 +296,20 @@ class Supervisor:
 
 def run_node(cfg: NodeConfig) -> int:
     return Supervisor(cfg).run()
+
+
+def exec_node(cfg: NodeConfig) -> None:
+    """Become the supervisor: exec a fresh interpreter (same pid) that imports only what
+    a supervisor needs, not the CLI (typer and rich cost ~17 MB of RSS)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The configuration (it may hold the token) goes in the environment, not argv: `ps` shows argv to everyone.
+    env = dict(os.environ, TSCALE_NODE_SPEC=json.dumps(asdict(cfg)))
+    os.execve(sys.executable, [sys.executable, "-m", "tscale.supervisor"], env)
+
+
+if __name__ == "__main__":
+    spec = os.environ.pop("TSCALE_NODE_SPEC", None)
+    if spec is None:
+        sys.exit("tscale.supervisor is started by `tscale up`")
+    sys.exit(run_node(NodeConfig(**json.loads(spec))))

@@ -78,6 +78,7 @@ class Worker:
         self.pending_acks: dict[int, list] = {}   # ackkey -> [conn, req, waiting set, deadline]
         self.next_ack = 1
         self.node_status: dict = {}
+        self.pending_status: list = []   # STATUS requests waiting for the first node status
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
@@ -220,7 +221,11 @@ class Worker:
                 self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
                             cmd[1] if len(cmd) > 1 else None)
                 return
-            self._send(conn, pack([protocol.STATUS_REPLY, cmd[1] if len(cmd) > 1 else None, self.status()]))
+            req = cmd[1] if len(cmd) > 1 else None
+            if self.node_status:
+                self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
+            else:   # just started: answer once the supervisor's node status has arrived
+                self.pending_status.append((conn, req, self.now + 1.5))
         elif code == PEER_EVENTS:
             if conn.rejected or not conn.peer:
                 # Only node-to-node links (HELLO with "peer") may inject routed events.
@@ -613,6 +618,7 @@ class Worker:
                 self._worker_down(cmd[2])
             elif kind == bus.NODE_STATUS:
                 self.node_status = cmd[2]
+                self._answer_status()
             elif kind == bus.PEER_INTEREST:
                 self.table.apply_link_entries(cmd[2], cmd[4], cmd[3])
             elif kind == bus.PEERS:
@@ -804,6 +810,8 @@ class Worker:
 
     # -- housekeeping -------------------------------------------------------
     def _tick(self, now: float):
+        if self.pending_status:
+            self._answer_status(now)
         if self.bus_backlog:
             backlog, self.bus_backlog = self.bus_backlog, []
             for topic, body in backlog:
@@ -827,6 +835,15 @@ class Worker:
                 for c in self.dead:
                     self._remove_conn(c)
                 self.dead.clear()
+
+    def _answer_status(self, now: float | None = None):
+        keep = []
+        for conn, req, deadline in self.pending_status:
+            if now is None or deadline <= now:
+                self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
+            else:
+                keep.append((conn, req, deadline))
+        self.pending_status = keep
 
     def worker_stats(self) -> dict:
         slow = sorted((c for c in self.conns.values() if c.drops), key=lambda c: -c.drops)[:10]
