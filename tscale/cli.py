@@ -49,6 +49,16 @@ def _session(server: Optional[str], name: str):
         c.close()
 
 
+def _sigterm_as_interrupt():
+    """Long-running client commands stop on SIGTERM as on Ctrl-C: say goodbye to the node, exit 0."""
+    import signal
+
+    def stop(_signum, _frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _headers(items: List[str]) -> Optional[dict]:
     out = {}
     for h in items or []:
@@ -134,6 +144,7 @@ def sub(
 ):
     """Print events as they arrive."""
     from .errors import Timeout
+    _sigterm_as_interrupt()
     got = 0
     with _session(server, "tscale-sub") as c:
         s = c.subscribe(pattern, queue=queue)
