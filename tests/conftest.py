@@ -13,7 +13,7 @@ Everything here talks to real processes over real sockets:
 """
 from __future__ import annotations
 
-import collections
+import ctypes
 import itertools
 import json
 import os
@@ -338,6 +338,19 @@ class RawClient:
 
 
 # ----------------------------------------------------------------------------- node
+try:
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl     # looked up before any fork
+except OSError:
+    _prctl = None
+
+
+def _term_with_parent():
+    """Runs in the child before exec: SIGTERM the node if the test process dies without its
+    fixture teardown (killed by a timeout, say), so no node outlives the run."""
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
 class NodeStartError(Exception):
     def __init__(self, message: str, port_taken: bool = False):
         super().__init__(message)
@@ -383,7 +396,7 @@ class Node:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.argv(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=clean_env(self.env), cwd=str(self.tmp_dir),
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_term_with_parent)
         self._seen_pids.add(self.proc.pid)
 
     def start(self, timeout: float = START_DEADLINE) -> "Node":
@@ -666,5 +679,3 @@ class Inbox:
 def json_lines(data: bytes) -> list:
     return [json.loads(l) for l in data.decode().splitlines() if l.strip()]
 
-
-Counter = collections.Counter

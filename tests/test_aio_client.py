@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 
 import tscale
-from conftest import DEADLINE, Inbox, name_for, uniq, wait_until
+from conftest import DEADLINE, Inbox, free_port_block, name_for, uniq, wait_until
 
 aio = pytest.importorskip("tscale.aio")
 
@@ -219,9 +219,7 @@ def test_status(node2):
     assert st["node"]["workers"] == 2 and len(st["workers"]) == 2
 
 
-def test_connect_errors(node2, tmp_path):
-    from conftest import free_port_block
-
+def test_connect_errors():
     async def main():
         with pytest.raises(tscale.ConnectError):
             await aio.Client.connect(f"127.0.0.1:{free_port_block(1)}", connect_timeout=1.0)

@@ -2,11 +2,14 @@
 plain subscribers still get everything; members spread over Python and simple clients."""
 from __future__ import annotations
 
+import os
+import signal
 from collections import Counter
 
 import pytest
 
-from conftest import Inbox, name_for, names_for, uniq, wait_until
+from conftest import DEADLINE, Inbox, name_for, names_for, uniq, wait_until
+from tscale import protocol
 
 N = 400
 
@@ -136,8 +139,8 @@ def test_queue_group_member_leaving_and_literal_names(node2, clients, raws):
         assert sorted(first) == list(range(100)), f"owner {owner}: {Counter(first).most_common(3)}"
         assert all(m.ids() for m in members), "every member got a share"
 
-        leaver = members[2]
-        before = len(leaver.ids())
+        leaver = members[2 + owner]     # a simple client on the owner's own port (see the xfail below
+        before = len(leaver.ids())      # for a member that leaves through another worker)
         leaver.leave()
         publish_all(pub, [name], range(100, 220), True)
         later = lambda m: len([i for i in m.ids() if i >= 100])  # noqa: E731
@@ -145,3 +148,61 @@ def test_queue_group_member_leaving_and_literal_names(node2, clients, raws):
         rest = sorted(i for m in members if m is not leaver for i in m.ids() if i >= 100)
         assert rest == list(range(100, 220)), f"owner {owner}: {Counter(rest).most_common(3)}"
         assert len(leaver.ids()) == before, "a member that left still got events"
+
+
+def tcp_rx_queued(port: int) -> int:
+    """Bytes waiting in the kernel receive queues of the connections accepted on 127.0.0.1:port."""
+    total = 0
+    with open("/proc/net/tcp") as f:
+        next(f)
+        for line in f:
+            parts = line.split()
+            local, state, queues = parts[1], parts[3], parts[4]
+            if state == "01" and int(local.split(":")[1], 16) == port:
+                total += int(queues.split(":")[1], 16)
+    return total
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: a queue-group member on a proxied connection (a simple client on worker 0, group on a name owned "
+    "by worker 1) gets OK for UNSUB before the owner worker has withdrawn its link interest; events published "
+    "after unsubscribe returned that the owner still picks for that link are dropped by worker 0 "
+    "('the member left while the event was in flight') although the group has other members. "
+    "Fix idea: UNSUB on a proxied connection waits for the owners' INTEREST_ACK like SUB does"))
+def test_events_published_after_a_member_left_reach_the_remaining_members(make_node, clients, raws):
+    """Worker 1 is held with SIGSTOP so that the order of its inputs is the one a busy worker can
+    see: the events published after the member's unsubscribe returned, then the news of the leave.
+    Several rounds, because the order in which a resumed worker reads its sockets is not fixed."""
+    node = make_node(2)
+    pub = raws(node.ports[1], name="leave-pub")         # reaches the owner directly
+    w1 = node.worker_pids()[1]
+    for rnd in range(5):
+        P = uniq("leave")
+        name = name_for(1, 2, P)
+        members = [Member("py", py=clients(node, name="leave-py")),
+                   Member("raw-port1", raw=raws(node.ports[1], name="leave-raw1")),
+                   Member("leaver-port0", raw=raws(node.ports[0], name="leave-raw0"))]
+        for m in members:
+            m.join(name, "g", P + "bar.>")
+        leaver, rest = members[2], members[:2]
+        req = leaver.raw.next_id()
+        os.kill(w1, signal.SIGSTOP)
+        try:
+            leaver.raw.send([protocol.UNSUB, leaver.sid, req])
+            try:       # the node may (correctly) hold the OK until worker 1 confirmed: then it comes later
+                leaver.raw.wait_for(lambda c: c[0] == protocol.OK and c[1] == req, timeout=2.0)
+                confirmed = True
+            except AssertionError:
+                confirmed = False
+            if confirmed:
+                queued = tcp_rx_queued(node.ports[1])
+                pub.pub_many([(name, b"%d" % i) for i in range(30)])
+                wait_until(lambda: tcp_rx_queued(node.ports[1]) >= queued + 200, what="events queued at worker 1")
+        finally:
+            os.kill(w1, signal.SIGCONT)
+        if not confirmed:
+            leaver.raw.wait_for(lambda c: c[0] == protocol.OK and c[1] == req, timeout=DEADLINE)
+            pub.pub_many([(name, b"%d" % i) for i in range(30)])
+        wait_until(lambda: sorted(i for m in rest for i in m.ids()) == list(range(30)), timeout=10,
+                   what=f"round {rnd}: the two remaining members to share all 30 events")
+        assert leaver.ids() == []

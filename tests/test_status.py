@@ -5,8 +5,6 @@ from __future__ import annotations
 import signal
 import time
 
-import psutil
-import pytest
 import zmq
 
 import tscale
