@@ -110,8 +110,6 @@ def test_wrong_type_in_toml(tmp_path):
         load({"config": write(tmp_path, 'workers = "two"\n')}, environ={})
 
 
-@pytest.mark.xfail(reason="BUG: config._coerce truncates a TOML float (workers = 2.5 -> 2) and accepts booleans "
-                          "(workers = true -> 1) instead of raising ConfigError", strict=True)
 @pytest.mark.parametrize("value", ["2.5", "true"])
 def test_non_integer_toml_number_is_rejected(tmp_path, value):
     with pytest.raises(ConfigError):

@@ -163,12 +163,6 @@ def tcp_rx_queued(port: int) -> int:
     return total
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a queue-group member on a proxied connection (a simple client on worker 0, group on a name owned "
-    "by worker 1) gets OK for UNSUB before the owner worker has withdrawn its link interest; events published "
-    "after unsubscribe returned that the owner still picks for that link are dropped by worker 0 "
-    "('the member left while the event was in flight') although the group has other members. "
-    "Fix idea: UNSUB on a proxied connection waits for the owners' INTEREST_ACK like SUB does"))
 def test_events_published_after_a_member_left_reach_the_remaining_members(make_node, clients, raws):
     """Worker 1 is held with SIGSTOP so that the order of its inputs is the one a busy worker can
     see: the events published after the member's unsubscribe returned, then the news of the leave.

@@ -94,16 +94,30 @@ def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
 
 
+BOOL_OPTIONS = frozenset({"no_discovery"})
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
+
+
 def _coerce(key: str, value):
+    """One option value from TOML, the environment or a flag, checked strictly:
+    `workers = 2.5` or `workers = true` is an error, not 2 or 1."""
     typ = _TYPES[key]
     if isinstance(value, list):
         value = ",".join(map(str, value))
+    if key in BOOL_OPTIONS:
+        if isinstance(value, bool) or value in (0, 1):
+            return int(value)
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return int(value.lower() in _TRUE)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ not in (int, "int"):
+        return str(value)
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
     try:
-        if typ in (int, "int") and isinstance(value, str) and value.lower() in ("true", "yes", "on", "false", "no", "off"):
-            return int(value.lower() in ("true", "yes", "on"))
-        return int(value) if typ in (int, "int") else str(value)
+        return int(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}: expected {typ}, got {value!r}") from None
+        raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
 
 
 def load(flags: dict, environ=os.environ) -> NodeConfig:

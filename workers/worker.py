@@ -529,13 +529,20 @@ class Worker:
             return
         s = conn.subs.get(cmd[1]) if type(cmd[1]) is int else None
         if s is not None:
-            self._unsubscribe(conn, s)
+            # Like SUB: confirm only once the owner workers have dropped the interest, so no
+            # event published after UNSUB returns is still picked for this member.
+            ackkey = self.next_ack
+            self.next_ack += 1
+            waiting = self._unsubscribe(conn, s, ackkey)
+            if waiting:
+                self.pending_acks[ackkey] = [conn, cmd[2], waiting, self.now + ACK_TIMEOUT]
+                return
         self._send(conn, protocol.ok(cmd[2]))
 
-    def _unsubscribe(self, conn: Connection, s: Subscription):
+    def _unsubscribe(self, conn: Connection, s: Subscription, ackkey=None) -> set:
         del conn.subs[s.sid]
         self.table.remove(s)
-        self._announce(s, -1, None)
+        return self._announce(s, -1, ackkey)
 
     def _interest_targets(self, pattern: str) -> list[int]:
         if is_literal(pattern):
