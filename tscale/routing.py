@@ -73,7 +73,13 @@ class GroupPicker:
         slots = self.slots
         n = len(slots)
         cursor = self.cursor
-        start = cursor[0] % n
+        start = cursor[0]
+        if start >= n:
+            start = 0
+        m = slots[start]   # usual case: the member under the cursor can take it
+        if type(m) is Subscription and not m.conn.blocked:
+            cursor[0] = start + 1
+            return m
         fallback = None
         for k in range(n):
             i = (start + k) % n
@@ -96,7 +102,7 @@ class Route:
     """Resolved delivery plan for one event name."""
 
     __slots__ = ("owner", "local", "proxied", "links", "peers", "groups", "group_map",
-                 "proxied_groups", "shared", "empty")
+                 "proxied_groups", "fast_groups", "shared", "empty")
 
     def __init__(self, owner):
         self.owner = owner
@@ -107,6 +113,9 @@ class Route:
         self.groups: list = []         # (key, picker over this host's members or None, picker over all)
         self.group_map: dict = {}      # key -> picker over all members (for events from peers)
         self.proxied_groups: dict = {}  # key -> GroupPicker over local proxied members
+        # (key, picker) when the only shared work is groups whose members are all on this
+        # node: the worker then picks inline for events that entered here.
+        self.fast_groups: list | None = None
         self.shared = False            # anything beyond local plain subscriptions
         self.empty = True
 
@@ -223,9 +232,15 @@ class RoutingTable:
         for k, v in groups.items():
             here = [m for m in v if type(m) is Subscription or type(m.link) is not str]
             every = GroupPicker(v, cursor(k, "all"))
-            r.groups.append((k, GroupPicker(here, cursor(k, "here")) if here else None, every))
+            if len(here) == len(v):
+                here_picker = every          # all members are on this node: one picker, one cursor
+            else:
+                here_picker = GroupPicker(here, cursor(k, "here")) if here else None
+            r.groups.append((k, here_picker, every))
             r.group_map[k] = every
         r.proxied_groups = {k: GroupPicker(v, cursor(k, "proxied")) for k, v in pgroups.items()}
+        if r.groups and not links and not peers and all(here is every for _, here, every in r.groups):
+            r.fast_groups = [(k, every) for k, _, every in r.groups]
         r.shared = bool(links or peers or groups)
         r.empty = not (r.local or r.shared)
         return r

@@ -326,7 +326,20 @@ class Worker:
                         dirty.append(c)
                     o += (sid, name, payload, meta)
                 if r.shared:
-                    self._route_shared(r, name, payload, meta, None, None)
+                    fast = r.fast_groups
+                    if fast is None:
+                        self._route_shared(r, name, payload, meta, None, None)
+                        continue
+                    for key, picker in fast:     # queue groups with every member on this node
+                        m = picker.pick()
+                        if type(m) is Subscription:
+                            c = m.conn
+                            o = c.out
+                            if len(o) == 1:
+                                dirty.append(c)
+                            o += (m.sid, name, payload, meta)
+                        elif m is not None:      # a member held by another worker of this host
+                            self.deliver[m.link] += (name, payload, meta, [key])
         except TypeError:
             bad = (protocol.E_MALFORMED, "event name must be a string")
         if conn is not None:   # counted where the event entered the node, not again at its owner
