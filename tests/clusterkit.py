@@ -24,8 +24,7 @@ import psutil
 import zmq
 
 import tscale
-from conftest import (START_DEADLINE, Node, NodeStartError, RawClient, _reserved, name_for, port_free,
-                      uniq, wait_until)
+from conftest import START_DEADLINE, Node, NodeStartError, RawClient, _reserved, port_free, wait_until
 
 HOSTS = [f"127.0.0.{k}" for k in range(1, 6)]
 FORM_DEADLINE = 30.0       # a cluster of up to 5 nodes on a loaded 2-core machine forms well within this
@@ -135,35 +134,6 @@ class CNode(Node):
                 r.close()
         self._probe_bus(max(5.0, deadline - time.monotonic()))
         return st
-
-    def _probe_bus(self, timeout: float) -> None:
-        """As conftest's Node._probe_bus, on this node's address."""
-        if self.workers < 2:
-            return
-        probe = uniq("probe")
-        owned = [name_for(k, self.workers, probe) for k in range(self.workers)]
-        subs = [self.raw(p, name="test-probe") for p in self.ports]
-        pubs = [self.raw(p, name="test-probe") for p in self.ports]
-        try:
-            for s in subs:
-                s.sub(probe + ".>")
-            deadline = time.monotonic() + timeout
-            while True:
-                missing = [(j, k) for j, s in enumerate(subs) for k in range(self.workers)
-                           if k != j and owned[k] not in s.names()]
-                if not missing:
-                    return
-                if time.monotonic() > deadline:
-                    raise NodeStartError(f"in-host bus never connected: missing {missing}; "
-                                         f"log:\n{self.log_text()[-3000:]}")
-                self._check_running()
-                for k in {k for _, k in missing}:
-                    pubs[k].pub(owned[k], b"probe")
-                for s in subs:
-                    s.pump(0.05)
-        finally:
-            for r in subs + pubs:
-                r.close()
 
     def kill_hard(self) -> list[int]:
         """SIGKILL the supervisor and every worker, by pid (no BYE, no beacon: a crash)."""

@@ -488,6 +488,11 @@ class Node:
         self._probe_bus(max(5.0, deadline - time.monotonic()))
         return st
 
+    def raw(self, port: int | None = None, **kw) -> "RawClient":
+        """A simple (hand-written protocol) client on one of this node's ports."""
+        kw.setdefault("token", self.token)
+        return RawClient(port if port is not None else self.port, **kw)
+
     def _probe_bus(self, timeout: float) -> None:
         """Wait until workers exchanged interest over the in-host bus: a subscriber on each worker's port
         receives, through proxying, an event published on a name owned by every other worker."""
@@ -495,8 +500,8 @@ class Node:
             return
         probe = uniq("probe")
         owned = [name_for(k, self.workers, probe) for k in range(self.workers)]
-        subs = [RawClient(p, token=self.token, name="test-probe") for p in self.ports]
-        pubs = [RawClient(p, token=self.token, name="test-probe") for p in self.ports]
+        subs = [self.raw(p, name="test-probe") for p in self.ports]
+        pubs = [self.raw(p, name="test-probe") for p in self.ports]
         try:
             for s in subs:
                 s.sub(probe + ".>")

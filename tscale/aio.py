@@ -19,8 +19,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from .client import DEFAULT_PENDING_LIMIT, MAX_QUEUED_FRAMES, default_server
-from .client_core import ClientCore, Msg, SubState, parse_address
-from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+from .client_core import ClientCore, CoreView, Msg, SubState, parse_address
+from .errors import ConnectError, NoResponders, Timeout, TscaleError
 
 log = logging.getLogger("tscale.aio")
 
@@ -89,7 +89,7 @@ class Subscription:
             self._task.cancel()
 
 
-class Client:
+class Client(CoreView):
     """Create with `await Client.connect(server)`."""
 
     def __init__(self, server: str | None, name: str, token: str | None, error_cb):
@@ -173,18 +173,6 @@ class Client:
             mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
             self._monitors.append(mon)
             self._tasks.append(loop.create_task(self._monitor(k, mon)))
-
-    @property
-    def info(self) -> dict:
-        return dict(self._core.info)
-
-    @property
-    def max_payload(self) -> int:
-        return self._core.max_payload
-
-    @property
-    def last_error(self) -> ServerError | None:
-        return self._core.last_error
 
     # -- tasks --------------------------------------------------------------------
     async def _sender(self):

@@ -23,8 +23,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
-from .client_core import BATCH_BYTES, BATCH_LEN, ClientCore, Msg, SubState, parse_address
-from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+from .client_core import BATCH_BYTES, BATCH_LEN, ClientCore, CoreView, Msg, SubState, parse_address
+from .errors import ConnectError, NoResponders, Timeout, TscaleError
 
 log = logging.getLogger("tscale.client")
 
@@ -178,7 +178,7 @@ class _RequestLane:
             self.client._lanes.remove(self)
 
 
-class Client:
+class Client(CoreView):
     """Connects to one node address; talks to each of its workers directly."""
 
     def __init__(self, server: str | None = None, name: str = "", token: str | None = None,
@@ -250,20 +250,6 @@ class Client:
                 self._hello(self._socks[k], timeout)
         self._outq = [collections.deque() for _ in range(n)]
         self._monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in self._socks]
-
-    @property
-    def info(self) -> dict:
-        """The node's WELCOME: node_id, node_name, server_version, max_payload, ports, shard."""
-        return dict(self._core.info)
-
-    @property
-    def max_payload(self) -> int:
-        return self._core.max_payload
-
-    @property
-    def last_error(self) -> ServerError | None:
-        """The last error frame that answered no request (a bad publish, for instance)."""
-        return self._core.last_error
 
     # -- I/O thread ------------------------------------------------------------
     def _wake(self):

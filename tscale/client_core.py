@@ -58,6 +58,26 @@ def parse_address(addr: str) -> tuple[str, int]:
     return (host.strip("[]") or "127.0.0.1"), int(port)
 
 
+class CoreView:
+    """Read-only facts both clients expose from their `_core`."""
+
+    _core: "ClientCore"
+
+    @property
+    def info(self) -> dict:
+        """The node's WELCOME: node_id, node_name, server_version, max_payload, ports, shard."""
+        return dict(self._core.info)
+
+    @property
+    def max_payload(self) -> int:
+        return self._core.max_payload
+
+    @property
+    def last_error(self) -> ServerError | None:
+        """The last error frame that answered no request (a bad publish, for instance)."""
+        return self._core.last_error
+
+
 class SubState:
     __slots__ = ("sid", "pattern", "queue", "targets", "confirm")
 

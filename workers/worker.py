@@ -320,7 +320,7 @@ class Worker:
                     if meta is not None and meta[1] is not None:
                         self._no_responders(meta[1])
                     continue
-                for c, sid in r.local:
+                for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
                     o = c.out
                     if len(o) == 1:
                         dirty.append(c)
@@ -427,7 +427,7 @@ class Worker:
                         buf = self.fwd_peer[(r.owner, src)] = [bus.FWD_PEER, me, src]
                     buf += (name, payload, meta, keys)
                     continue
-                for c, sid in r.local:
+                for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
                     o = c.out
                     if len(o) == 1:
                         dirty.append(c)
