@@ -13,7 +13,7 @@ class Connection:
     """
 
     __slots__ = ("ident", "name", "lang", "peer", "direct", "out", "subs", "blocked",
-                 "events_out", "drops", "last_seen", "greeted", "rejected", "errors")
+                 "events_out", "drops", "last_seen", "rejected", "errors")
 
     def __init__(self, ident: bytes, now: float):
         self.ident = ident
@@ -27,7 +27,6 @@ class Connection:
         self.events_out = 0
         self.drops = 0
         self.last_seen = now
-        self.greeted = False     # sent HELLO (otherwise implicit defaults)
         self.rejected = False    # failed authentication: serve nothing until a good HELLO
         self.errors = 0
 

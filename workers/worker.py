@@ -253,7 +253,6 @@ class Worker:
             self._drop_subs(conn)
             conn.rejected = True
             return
-        conn.greeted = True
         conn.rejected = False
         conn.name = str(opts.get("name") or "")[:128]
         conn.lang = str(opts.get("lang") or "")[:32]
