@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 import pytest
 
 from conftest import DEADLINE, name_for, uniq, wait_until
+from tscale import protocol
 from tscale.sharding import shard_of
 from tscale.subjects import matches
 
@@ -259,3 +260,17 @@ def test_no_slow_joiner(node2, clients, raws, sub_kind):
             subc.unsub(sid)
     assert not missed, f"events published right after subscribe() returned were lost: " \
                        f"(round, owner, literal, python publisher) {missed}"
+
+
+def test_repeating_a_confirmed_sub_keeps_the_subscription(node2, raws):
+    """Regression: the same SUB (same sid, pattern, group) sent again with confirm="cluster"
+    used to drop the subscription instead of confirming it again."""
+    sub = raws(node2.port)
+    name = name_for(0, node2.workers, uniq("resub"))
+    for _ in range(2):
+        req = sub.next_id()
+        sub.send([protocol.SUB, 7, name, None, req, {"confirm": "cluster"}])
+        sub.wait_for(lambda c, req=req: c[0] == protocol.OK and c[1] == req, DEADLINE, "OK for the confirmed SUB")
+    pub = raws(node2.port)
+    pub.pub(name, b"still here")
+    sub.wait_events(lambda evs: any(e[1] == name for e in evs), DEADLINE, "the event after the repeated SUB")

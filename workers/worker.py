@@ -46,6 +46,9 @@ NOBLOCK = int(zmq.NOBLOCK)
 SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 
+_OPEN_COMMANDS = frozenset({HELLO, PING, PONG, BYE})   # allowed before authentication
+_REQ_AT = {SUB: 4, UNSUB: 2, STATUS: 1}                # where a command carries its req id
+
 
 class Worker:
     def __init__(self, spec: dict):
@@ -200,10 +203,13 @@ class Worker:
             self._error(conn, exc.code, exc.message)
             return
         code = cmd[0]
+        if conn.rejected and code not in _OPEN_COMMANDS:
+            # A token-protected node serves nothing but the handshake before a good HELLO.
+            at = _REQ_AT.get(code)
+            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
+                        cmd[at] if at is not None and len(cmd) > at else None)
+            return
         if code == PUB:
-            if conn.rejected:
-                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first")
-                return
             self._ingest(conn, cmd, 1)
         elif code == SUB:
             self._on_sub(conn, cmd)
@@ -217,17 +223,13 @@ class Worker:
         elif code == HELLO:
             self._on_hello(conn, cmd)
         elif code == STATUS:
-            if conn.rejected:
-                self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
-                            cmd[1] if len(cmd) > 1 else None)
-                return
             req = cmd[1] if len(cmd) > 1 else None
             if self.node_status:
                 self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
             else:   # just started: answer once the supervisor's node status has arrived
                 self.pending_status.append((conn, req, self.now + 1.5))
         elif code == PEER_EVENTS:
-            if conn.rejected or not conn.peer:
+            if not conn.peer:
                 # Only node-to-node links (HELLO with "peer") may inject routed events.
                 self._error(conn, protocol.E_NOT_AUTHORIZED, "PEER_EVENTS is for tscale nodes; say HELLO as a peer")
                 return
@@ -484,10 +486,6 @@ class Worker:
 
     # -- subscriptions ------------------------------------------------------
     def _on_sub(self, conn: Connection, cmd: list):
-        if conn.rejected:
-            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
-                        cmd[4] if len(cmd) > 4 else None)
-            return
         if len(cmd) not in (5, 6):
             self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req, options?]")
             return
@@ -505,25 +503,25 @@ class Worker:
             return
         cluster = type(opts) is dict and opts.get("confirm") == "cluster"
         old = conn.subs.get(sid)
-        if old is not None:
-            if old.pattern == pattern and old.group == group and not cluster:
-                self._send(conn, protocol.ok(req))
-                return
-            self._unsubscribe(conn, old)
-        if len(conn.subs) >= self.max_subs:
-            self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection", req)
+        same = old is not None and old.pattern == pattern and old.group == group
+        if same and not cluster:
+            self._send(conn, protocol.ok(req))   # a repeated SUB (after a reconnect) is idempotent
             return
-        if old is None or old.pattern != pattern or old.group != group:
+        ackkey = self.next_ack
+        self.next_ack += 1
+        if same:
+            waiting = set()                      # already in place here; only the cluster barrier is new
+        else:
+            if old is not None:
+                self._unsubscribe(conn, old)
+            if len(conn.subs) >= self.max_subs:
+                self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection",
+                            req)
+                return
             s = Subscription(conn, sid, pattern, group)
             conn.subs[sid] = s
             self.table.add(s)
-            ackkey = self.next_ack
-            self.next_ack += 1
             waiting = self._announce(s, +1, ackkey)
-        else:
-            ackkey = self.next_ack
-            self.next_ack += 1
-            waiting = set()
         if cluster:
             # Confirm only once every reachable node has the interest: the supervisor
             # runs a barrier along the overlay after our interest change.
@@ -699,20 +697,10 @@ class Worker:
                 del o[1:]
             dirty.clear()
         for k in range(self.count):
-            for buf, header in ((self.fwd[k], 2), (self.deliver[k], 2)):
-                if len(buf) > header:
-                    events = (len(buf) - 2) // (3 if buf[0] == bus.FWD else 4)
-                    if self._bus_send(bus.topic(k), pack(buf), control=False):
-                        self.stats["forwarded"] += events
-                    else:
-                        self.stats["dropped"] += events
-                    del buf[2:]
-        if self.fwd_peer:
-            for (k, _src), buf in self.fwd_peer.items():
-                if len(buf) > 3:
-                    if not self._bus_send(bus.topic(k), pack(buf), control=False):
-                        self.stats["dropped"] += (len(buf) - 3) // 4
-                    del buf[3:]
+            self._flush_bus(k, self.fwd[k], 2, 3)
+            self._flush_bus(k, self.deliver[k], 2, 4)
+        for (k, _src), buf in self.fwd_peer.items():
+            self._flush_bus(k, buf, 3, 4)
         for link in self.peer_links.values():
             if len(link.out) > 2:
                 self._send_peer(link)
@@ -722,6 +710,16 @@ class Worker:
             for c in self.dead:
                 self._remove_conn(c)
             self.dead.clear()
+
+    def _flush_bus(self, k: int, buf: list, header: int, stride: int):
+        """Send worker k one batch (FWD, DELIVER or FWD_PEER) if it holds events; count them."""
+        if len(buf) > header:
+            events = (len(buf) - header) // stride
+            if self._bus_send(bus.topic(k), pack(buf), control=False):
+                self.stats["forwarded"] += events
+            else:
+                self.stats["dropped"] += events
+            del buf[header:]
 
     # -- peers ----------------------------------------------------------------
     def _send_peer(self, link: "PeerLink"):
