@@ -23,7 +23,7 @@ import pytest
 import tscale
 from clusterkit import (ClusterRun, Receiver, Topo, duplicates, links_lost_in_logs, links_of, one_tree_problem,
                         overlay_view, wait_one_tree, write_figures)
-from conftest import DEADLINE, uniq, wait_until
+from conftest import DEADLINE, Node, uniq, wait_until
 from tscale.overlay import FORGET_AFTER, Overlay
 from tscale.sharding import shard_of
 from tscale.subjects import matches
@@ -525,3 +525,33 @@ def test_gossip_does_not_resurrect_a_dead_member():
     assert "c" not in b.members
     b.learn(a.gossip(), 5.5)
     assert "c" not in b.members, "a dead member came back through gossip from a node that had not noticed yet"
+
+
+def test_probers_that_vanish_before_the_answer_do_not_crash_the_node(tmp_path):
+    """Regression: the control ROUTER (ROUTER_MANDATORY) raised EHOSTUNREACH when answering a
+    PROBE or ATTACH whose sender had already gone, which killed the supervisor and its node."""
+    import msgpack
+    import zmq
+    from tscale.cluster import ATTACH, PROBE
+    node = Node(tmp_path, workers=1).start()
+    try:
+        ctx = zmq.Context()
+        ctl = f"tcp://127.0.0.1:{node.port + node.workers}"
+        info = {"id": "ffffffffffffffff", "name": "ghost", "cluster": "tscale", "host": "127.0.0.1",
+                "port": 1, "ctl": 2, "workers": 1, "hb": 1}
+        for i in range(200):
+            s = ctx.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 1000)
+            s.setsockopt(zmq.IDENTITY, f"ghost{i}".encode())
+            s.connect(ctl)
+            s.send(msgpack.packb([PROBE if i % 2 else ATTACH, info, [info]]))
+            s.close()                      # gone before the node answers
+        ctx.term()
+        c = tscale.Client(node.addr)
+        try:
+            assert c.status()["node"]["supervisor_pid"] == node.proc.pid
+        finally:
+            c.close()
+        assert node.proc.poll() is None, f"the node died:\n{node.log_text()[-2000:]}"
+    finally:
+        node.stop()

@@ -150,13 +150,21 @@ class ClusterControl:
 
     # -- sending ---------------------------------------------------------------------
     def _send(self, mid: str, frame: bytes) -> bool:
-        try:
-            if mid == self.overlay.parent or mid == self.overlay.pending_parent:
-                if self.parent_sock is None:
-                    return False
+        if mid == self.overlay.parent or mid == self.overlay.pending_parent:
+            if self.parent_sock is None:
+                return False
+            try:
                 self.parent_sock.send(frame, zmq.NOBLOCK)
-            else:
-                self.router.send_multipart([mid.encode(), frame], zmq.NOBLOCK)
+                return True
+            except zmq.ZMQError:
+                return False
+        return self._reply(mid, frame)
+
+    def _reply(self, mid: str, frame: bytes) -> bool:
+        """Send on the control ROUTER; never raises.  With ROUTER_MANDATORY a peer that went
+        away (a partition, a probe that gave up) is EHOSTUNREACH: that is news, not a crash."""
+        try:
+            self.router.send_multipart([mid.encode(), frame], zmq.NOBLOCK)
             return True
         except zmq.ZMQError:
             return False
@@ -320,18 +328,17 @@ class ClusterControl:
         if code == PROBE and via_router:
             self._fix_host(cmd[1], peer_ip)
             self._learn([cmd[1]] + list(cmd[2]), now)
-            self.router.send_multipart([mid.encode(), pack([MEMBERS, ov.my_entry(), ov.gossip()])])
+            self._reply(mid, pack([MEMBERS, ov.my_entry(), ov.gossip()]))
         elif code == ATTACH and via_router:
             self._fix_host(cmd[1], peer_ip)
             self._learn([cmd[1]] + list(cmd[2]), now)
             why = ov.may_accept_child(mid, len(cmd) > 3 and bool(cmd[3]))
             if why is not None or mid not in ov.members:
-                self.router.send_multipart([mid.encode(), pack([REFUSE, ov.my_entry(), why or "unknown member",
-                                                                ov.gossip()])])
+                self._reply(mid, pack([REFUSE, ov.my_entry(), why or "unknown member", ov.gossip()]))
                 return
             fresh = mid not in ov.children
             ov.add_child(mid, now)
-            self.router.send_multipart([mid.encode(), pack([ACCEPT, ov.my_entry(), ov.gossip()])])
+            self._reply(mid, pack([ACCEPT, ov.my_entry(), ov.gossip()]))
             self._link_up(mid, now)
             if fresh:
                 log.info("node %s (%s) attached as child", ov.members[mid].get("name"), mid)

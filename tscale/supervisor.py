@@ -69,6 +69,7 @@ class Supervisor:
         self.running = True
         self.exit_code = 0
         self.started = time.time()
+        self.last_cluster_error = -1e9
 
     def _spec(self, index: int) -> dict:
         c = self.cfg
@@ -165,12 +166,18 @@ class Supervisor:
             except zmq.ZMQError:
                 continue
             now = time.monotonic()
-            if ready:
-                if any(sock is self.sub for sock, _ in ready):
-                    self._drain(now)
-                self.cluster.handle(ready, now)
+            if ready and any(sock is self.sub for sock, _ in ready):
+                self._drain(now)
+            try:
+                if ready:
+                    self.cluster.handle(ready, now)
+                self.cluster.tick(now)
+            except Exception:
+                # The node keeps serving its own clients whatever the control plane meets.
+                if now - self.last_cluster_error > 5.0:
+                    self.last_cluster_error = now
+                    self.log.exception("cluster control error (the node keeps running)")
             self._watch(now)
-            self.cluster.tick(now)
             if not announced and all(w.stats for w in self.workers):
                 announced = True
                 self.log.info("node %s ready", self.cfg.name)
