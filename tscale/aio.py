@@ -12,7 +12,6 @@ import collections
 import inspect
 import logging
 
-import msgpack
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
@@ -139,9 +138,8 @@ class Client(CoreView):
                 frame = await asyncio.wait_for(s.recv(), left)
             except asyncio.TimeoutError:
                 continue
-            try:
-                cmd = protocol.unpack(frame)
-            except protocol.ProtocolError:
+            cmd = self._core.decode(frame, -1)
+            if cmd is None:
                 continue
             if cmd[0] == protocol.WELCOME:
                 return cmd
@@ -192,13 +190,12 @@ class Client(CoreView):
     async def _reader(self, k: int, s):
         while True:
             frame = await s.recv()
-            try:
-                cmd = msgpack.unpackb(frame, raw=False)
-            except Exception:
-                log.warning("undecodable frame from worker %d dropped", k)
+            cmd = self._core.decode(frame, k)    # every field checked; bad events already dropped
+            if cmd is None:
                 continue
             code = cmd[0]
             if code == protocol.MSG:
+                cmd = cmd[1]
                 subs = self._subs
                 for i in range(1, len(cmd), 4):
                     sub = subs.get(cmd[i])
@@ -216,9 +213,12 @@ class Client(CoreView):
                     else:
                         self._core.async_error(value)
                         if self._error_cb is not None:
-                            r = self._error_cb(value)
-                            if inspect.isawaitable(r):
-                                await r
+                            try:
+                                r = self._error_cb(value)
+                                if inspect.isawaitable(r):
+                                    await r
+                            except Exception:
+                                log.exception("error_cb raised")
                 elif kind == "pong":
                     self._send(k, value)
 

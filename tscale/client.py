@@ -18,7 +18,6 @@ import queue
 import threading
 import time
 
-import msgpack
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -137,7 +136,9 @@ class _RequestLane:
             left = deadline - time.monotonic()
             if left <= 0 or not s.poll(left * 1000):
                 raise Timeout(f"request lane: no answer from {self.client.server} within {timeout:g}s")
-            cmd = msgpack.unpackb(s.recv(), raw=False)
+            cmd = self.client._core.decode(s.recv(), -1)
+            if cmd is None:
+                continue
             if cmd[0] == protocol.ERR:
                 raise self.client._core.error_of(cmd)
             if done(cmd):
@@ -158,9 +159,12 @@ class _RequestLane:
             if left <= 0:
                 raise Timeout(f"request {name!r}: no reply within {timeout:g}s")
             for sock, _ in self.poller.poll(left * 1000):
-                cmd = msgpack.unpackb(sock.recv(), raw=False)
+                cmd = core.decode(sock.recv(), -1)
+                if cmd is None:
+                    continue
                 code = cmd[0]
                 if code == protocol.MSG:
+                    cmd = cmd[1]
                     for i in range(1, len(cmd), 4):
                         if cmd[i + 1] == reply:
                             meta = cmd[i + 3] or (None, None)
@@ -227,9 +231,8 @@ class Client(CoreView):
             left = deadline - time.monotonic()
             if left <= 0 or not s.poll(left * 1000):
                 raise ConnectError(f"no answer from tscale node at {self.server} within {timeout:g}s")
-            try:
-                cmd = protocol.unpack(s.recv())
-            except protocol.ProtocolError:
+            cmd = self._core.decode(s.recv(), -1)
+            if cmd is None:
                 continue
             if cmd[0] == protocol.WELCOME:
                 return cmd
@@ -331,13 +334,12 @@ class Client(CoreView):
                 frame = s.recv(NOBLOCK)
             except zmq.Again:
                 return
-            try:
-                cmd = msgpack.unpackb(frame, raw=False)
-            except Exception:
-                log.warning("undecodable frame from worker %d dropped", k)
+            cmd = self._core.decode(frame, k)    # every field checked; bad events already dropped
+            if cmd is None:
                 continue
             code = cmd[0]
             if code == protocol.MSG:
+                cmd = cmd[1]
                 subs = self._subs
                 for i in range(1, len(cmd), 4):
                     sub = subs.get(cmd[i])
@@ -367,7 +369,10 @@ class Client(CoreView):
                     else:
                         self._core.async_error(value)
                         if self._error_cb is not None:
-                            self._error_cb(value)
+                            try:
+                                self._error_cb(value)
+                            except Exception:
+                                log.exception("error_cb raised")
                 elif kind == "pong":
                     self._outq[k].append(value)
 

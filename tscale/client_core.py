@@ -14,6 +14,7 @@ from zlib import crc32
 
 from . import protocol
 from .errors import ServerError, TscaleError
+from .frames import decode_node
 from .subjects import is_literal, name_error, pattern_error
 
 _log = logging.getLogger("tscale.client")
@@ -77,6 +78,11 @@ class CoreView:
         """The last error frame that answered no request (a bad publish, for instance)."""
         return self._core.last_error
 
+    @property
+    def malformed(self) -> dict:
+        """What arrived from the node and did not decode: {"frames": n, "events": n}, dropped."""
+        return {"frames": self._core.bad_frames, "events": self._core.bad_events}
+
 
 class SubState:
     __slots__ = ("sid", "pattern", "queue", "targets", "confirm")
@@ -106,6 +112,32 @@ class ClientCore:
         self.owner_cache: dict[str, int] = {}
         self.out: list[list] = [[protocol.PUB]]
         self.out_bytes: list[int] = [0]
+        self.bad_frames = 0      # frames from the node that failed frames.decode_node, dropped
+        self.bad_events = 0      # malformed events inside otherwise good MSG frames, dropped
+        self._warned_bad = False
+
+    # -- receiving ----------------------------------------------------------
+    def decode(self, frame: bytes, k: int):
+        """Decode a frame from worker k (frames.decode_node), or None if it is malformed.
+
+        A bad frame or event is counted (`bad_frames`, `bad_events`) and logged once per
+        client; delivery goes on with the next frame, and with the good events of a MSG."""
+        try:
+            cmd = decode_node(frame)
+        except protocol.ProtocolError as exc:
+            self.bad_frames += 1
+            self._warn_bad(k, exc.message)
+            return None
+        if cmd[0] == protocol.MSG and cmd[2]:
+            self.bad_events += cmd[2]
+            self._warn_bad(k, f"{cmd[2]} malformed events in a MSG frame")
+        return cmd
+
+    def _warn_bad(self, k: int, what: str):
+        if not self._warned_bad:
+            self._warned_bad = True
+            _log.warning("dropped input from worker %d that is not protocol v1 (%s); further ones are only "
+                         "counted (client.malformed)", k, what)
 
     # -- handshake ----------------------------------------------------------
     def hello(self, direct: bool = True) -> bytes:
@@ -201,17 +233,23 @@ class ClientCore:
         Pops the waiter the frame answers from `waiters` and returns one of
         ("reply", waiter, value), ("error", waiter, ServerError) with waiter None
         for an error nobody waits for, ("pong", None, frame to send back) or
-        ("ignore", None, None)."""
+        ("ignore", None, None).
+        `cmd` comes from `decode` (frames.decode_node): fields have their documented types.
+        """
         code = cmd[0]
         if code in (protocol.OK, protocol.PONG, protocol.STATUS_REPLY):
-            value = cmd[2] if code == protocol.STATUS_REPLY and len(cmd) > 2 else None
-            return "reply", waiters.pop(cmd[1], None) if len(cmd) > 1 else None, value
+            value = cmd[2] if code == protocol.STATUS_REPLY else None
+            return "reply", self._waiter(waiters, cmd[1]), value
         if code == protocol.ERR:
-            req = cmd[3] if len(cmd) > 3 else None
-            return "error", waiters.pop(req, None) if req is not None else None, self.error_of(cmd)
+            return "error", self._waiter(waiters, cmd[3]), self.error_of(cmd)
         if code == protocol.PING:
-            return "pong", None, protocol.pack([protocol.PONG, cmd[1] if len(cmd) > 1 else None])
+            return "pong", None, protocol.pack([protocol.PONG, cmd[1]])
         return "ignore", None, None
+
+    @staticmethod
+    def _waiter(waiters: dict, req):
+        # our reqs are ints; whatever else a node echoes answers nobody (and may not be hashable)
+        return waiters.pop(req, None) if type(req) is int else None
 
     def async_error(self, e: ServerError) -> None:
         """An error frame that answers no request: remembered and logged."""
@@ -219,8 +257,9 @@ class ClientCore:
         _log.warning("node reported %s", e)
 
     @staticmethod
-    def error_of(cmd: list) -> ServerError:
-        return ServerError(str(cmd[1]), str(cmd[2]), bool(cmd[4]) if len(cmd) > 4 else False)
+    def error_of(cmd: tuple) -> ServerError:
+        """ServerError of a decoded ERR (ERR, code, message, req, fatal)."""
+        return ServerError(cmd[1], cmd[2], cmd[4])
 
     @staticmethod
     def is_no_responders(headers) -> bool:

@@ -4,7 +4,8 @@ Every ZeroMQ message between a client DEALER and a worker ROUTER is one frame
 holding one msgpack array whose first item is a command code.  Events travel in
 flat batches (``[PUB, name, payload, meta, name, payload, meta, ...]``) so one
 frame carries many events: batching is what makes a Python router fast.  This
-module is sans-I/O; docs/PROTOCOL.md is the normative description.
+module is sans-I/O; docs/PROTOCOL.md is the normative description.  Decoding and
+validating frames that come from outside is tscale/frames.py's job.
 """
 from __future__ import annotations
 
@@ -57,23 +58,14 @@ pack = _packer.pack
 
 
 class ProtocolError(Exception):
-    """A frame that cannot be understood; carries the error code to send back."""
+    """A frame that cannot be understood; carries the error code to send back and, when the
+    frame's req could be read safely, the req to echo (tscale/frames.py raises it)."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, req=None):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def unpack(frame: bytes) -> list:
-    """Decode one frame into a command list, or raise ProtocolError."""
-    try:
-        obj = msgpack.unpackb(frame, raw=False)
-    except Exception as exc:  # msgpack raises a zoo of exception types
-        raise ProtocolError(E_MALFORMED, f"frame is not valid msgpack: {type(exc).__name__}") from None
-    if type(obj) is not list or not obj or type(obj[0]) is not int:
-        raise ProtocolError(E_MALFORMED, "frame must be a msgpack array starting with a command code")
-    return obj
+        self.req = req
 
 
 def err(code: str, message: str, req=None) -> bytes:
@@ -82,21 +74,3 @@ def err(code: str, message: str, req=None) -> bytes:
 
 def ok(req) -> bytes:
     return pack([OK, req])
-
-
-def check_meta(meta) -> str | None:
-    """Validate an event's meta field; return an error message or None."""
-    if meta is None:
-        return None
-    if type(meta) is not list or len(meta) != 2:
-        return "meta must be nil or [headers, reply]"
-    headers, reply = meta
-    if headers is not None:
-        if type(headers) is not dict:
-            return "headers must be a map of string to string"
-        for k, v in headers.items():
-            if type(k) is not str or type(v) is not str:
-                return "headers must be a map of string to string"
-    if reply is not None and type(reply) is not str:
-        return "reply must be a string"
-    return None

@@ -9,6 +9,7 @@ number of subscriptions.
 from __future__ import annotations
 
 MAX_NAME_LEN = 512
+MAX_GROUP_LEN = 128
 _BAD_CHARS = frozenset(" \t\r\n\f\v\x00")
 
 
@@ -50,6 +51,13 @@ def pattern_error(pattern) -> str | None:
                 return f"pattern {pattern!r}: '>' may only be the last token"
         elif tok != "*" and ("*" in tok or ">" in tok):
             return f"pattern {pattern!r}: wildcards must be whole tokens"
+    return None
+
+
+def group_error(group) -> str | None:
+    """Why `group` is not a valid queue group name, or None if it is."""
+    if type(group) is not str or not group or len(group) > MAX_GROUP_LEN or not group.isprintable() or " " in group:
+        return f"queue group must be 1..{MAX_GROUP_LEN} printable characters without spaces"
     return None
 
 

@@ -23,12 +23,12 @@ import zmq
 
 from tscale import bus, protocol
 from tscale.connstate import Connection
+from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
 from tscale.logs import RateLimited, setup
-from tscale.protocol import (BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB,
-                             ProtocolError, check_meta, err, pack, unpack)
+from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
-from tscale.subjects import is_literal, name_error, pattern_error
+from tscale.subjects import is_literal, name_error
 
 INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
 FLUSH_EVERY = 32          # frames read between output flushes (bounds batch size and latency)
@@ -38,8 +38,8 @@ IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if th
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
 PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
-
-MAX_GROUP_LEN = 128
+PEER_CLAIM_WAIT = 2.0     # a refused peer HELLO is admitted if the supervisor names that peer this soon after
+MAX_PEER_CLAIMS = 256
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -73,6 +73,9 @@ class Worker:
         self.bus_backlog: list = []
         self.fwd_peer: dict[tuple, list] = {}     # (owner worker, source node) -> FWD_PEER buffer
         self.peer_links: dict[str, "PeerLink"] = {}
+        self.neighbours: frozenset = frozenset()  # overlay neighbours, as the supervisor last told us
+        self.peer_invalid: dict[str, int] = {}    # peer node id -> invalid events it sent us (dropped)
+        self.peer_claims: dict[bytes, tuple] = {}  # ident -> (conn, HELLO fields, deadline): refused peer HELLOs
         self.local_changes: list = []             # subscription deltas for the supervisor (cluster interest)
         # aggregated interest of our proxied subscriptions: (pattern, group) -> count
         self.local_interest: dict[tuple, int] = {}
@@ -85,7 +88,7 @@ class Worker:
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
-                      "peer_in": 0, "peer_out": 0}
+                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0}
 
     # -- process ------------------------------------------------------------
     def run(self) -> int:
@@ -198,68 +201,77 @@ class Worker:
 
     def _dispatch(self, conn: Connection, frame: bytes):
         try:
-            cmd = unpack(frame)
+            cmd = decode_client(frame)   # every field checked: handlers below trust the tuple
         except ProtocolError as exc:
-            self._error(conn, exc.code, exc.message)
+            if exc.code == protocol.E_BAD_VERSION:
+                self._error(conn, exc.code, exc.message)
+                self._remove_conn(conn)
+            else:
+                self._error(conn, exc.code, exc.message, exc.req)
             return
         code = cmd[0]
         if conn.rejected and code not in _OPEN_COMMANDS:
             # A token-protected node serves nothing but the handshake before a good HELLO.
             at = _REQ_AT.get(code)
             self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
-                        cmd[at] if at is not None and len(cmd) > at else None)
+                        cmd[at] if at is not None else None)
             return
         if code == PUB:
             self._ingest(conn, cmd, 1)
         elif code == SUB:
-            self._on_sub(conn, cmd)
+            self._on_sub(conn, *cmd[1:])
         elif code == PING:
             self._flush()
-            self._send(conn, pack([PONG, cmd[1] if len(cmd) > 1 else None]))
+            self._send(conn, pack([PONG, cmd[1]]))
         elif code == PONG:
             pass
         elif code == UNSUB:
-            self._on_unsub(conn, cmd)
+            self._on_unsub(conn, cmd[1], cmd[2])
         elif code == HELLO:
-            self._on_hello(conn, cmd)
+            self._on_hello(conn, *cmd[1:])
         elif code == STATUS:
-            req = cmd[1] if len(cmd) > 1 else None
+            req = cmd[1]
             if self.node_status:
                 self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
             else:   # just started: answer once the supervisor's node status has arrived
                 self.pending_status.append((conn, req, self.now + 1.5))
         elif code == PEER_EVENTS:
             if not conn.peer:
-                # Only node-to-node links (HELLO with "peer") may inject routed events.
+                # Only links the control plane attached (HELLO as a current neighbour) may inject routed events.
                 self._error(conn, protocol.E_NOT_AUTHORIZED, "PEER_EVENTS is for tscale nodes; say HELLO as a peer")
-                return
-            self._ingest_peer(cmd[1], cmd, 2)
+            elif cmd[1] != conn.peer:
+                self._peer_bad(conn.peer, (len(cmd) - 2) // 4, "events claiming another source node")
+            else:
+                self._ingest_peer(conn.peer, cmd, 2)
         elif code == BYE:
             self._remove_conn(conn)
-        else:
-            self._error(conn, protocol.E_UNKNOWN_COMMAND, f"unknown command code {code}")
 
-    def _on_hello(self, conn: Connection, cmd: list):
-        if len(cmd) < 3 or type(cmd[2]) is not dict:
-            self._error(conn, protocol.E_MALFORMED, "HELLO is [1, version, options]")
-            return
-        version, opts = cmd[1], cmd[2]
-        if version != protocol.VERSION:
-            self._error(conn, protocol.E_BAD_VERSION,
-                        f"protocol version {version!r} not supported; this node speaks {protocol.VERSION}")
-            self._remove_conn(conn)
-            return
-        if self.token and opts.get("token") != self.token:
+    def _peer_allowed(self, peer_id: str) -> bool:
+        """May a connection that says HELLO with option peer=`peer_id` send peer frames?
+
+        Only an overlay neighbour the control plane attached (as the supervisor last told
+        this worker: bus PEERS / CLUSTER_SNAPSHOT); the one place to add a proof of identity."""
+        return peer_id in self.neighbours
+
+    def _on_hello(self, conn: Connection, name: str, lang: str, token, direct: bool, peer: str):
+        if self.token and token != self.token:
             self.rlog.warning(("auth", conn.ident), "rejected connection %s: wrong or missing token", conn.ident.hex())
-            self._error(conn, protocol.E_NOT_AUTHORIZED, "wrong or missing token")
-            self._drop_subs(conn)
-            conn.rejected = True
+            self._refuse(conn, "wrong or missing token")
             return
+        if peer and not self._peer_allowed(peer):
+            self.rlog.warning(("peer-auth", conn.ident), "refused peer HELLO from %s: %s is not a neighbour",
+                              conn.ident.hex(), peer)
+            self._refuse(conn, "HELLO option 'peer' is only for this node's overlay neighbours")
+            # A new neighbour's HELLO may overtake the supervisor's news of it (bus PEERS): admit
+            # the connection if that news comes within PEER_CLAIM_WAIT.
+            if len(self.peer_claims) < MAX_PEER_CLAIMS:
+                self.peer_claims[conn.ident] = (conn, (name, lang, token, direct, peer), self.now + PEER_CLAIM_WAIT)
+            return
+        self.peer_claims.pop(conn.ident, None)
         conn.rejected = False
-        conn.name = str(opts.get("name") or "")[:128]
-        conn.lang = str(opts.get("lang") or "")[:32]
-        conn.peer = str(opts.get("peer") or "")[:64]
-        direct = bool(opts.get("direct"))
+        conn.name = name
+        conn.lang = lang
+        conn.peer = peer
         if direct != conn.direct:
             self._drop_subs(conn)
             conn.direct = direct
@@ -278,17 +290,23 @@ class Worker:
         }
         self._send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
+    def _refuse(self, conn: Connection, why: str):
+        """not_authorized: the connection loses its subscriptions and is served nothing but the handshake."""
+        self._error(conn, protocol.E_NOT_AUTHORIZED, why)
+        self._drop_subs(conn)
+        conn.rejected = True
+        conn.peer = ""
+
     # -- events -------------------------------------------------------------
     def _ingest(self, conn, cmd: list, start: int):
         """Route the (name, payload, meta) triples of a PUB or FWD frame.
 
         This is the hot path: one cached route lookup and a few list appends per event.
+        Each event is validated in the same pass (frames.decode_client checked only the
+        frame's shape): a name only when it misses the route cache, which holds valid
+        names only; payload and meta by type.  Bad events are skipped, the rest routed.
         """
         n = len(cmd)
-        if (n - start) % 3:
-            if conn is not None:
-                self._error(conn, protocol.E_MALFORMED, "PUB takes (name, payload, meta) triples")
-            return
         me = self.index
         cache_get = self.table._cache.get
         route = self.table.route
@@ -296,63 +314,59 @@ class Worker:
         maxp = self.max_payload
         fwd = self.fwd
         bad = None
-        try:
-            for i in range(start, n, 3):
-                name = cmd[i]
+        for i in range(start, n, 3):
+            name = cmd[i]
+            try:
                 r = cache_get(name)
-                if r is None:
-                    e = name_error(name)
-                    if e is not None:
-                        bad = (protocol.E_BAD_NAME, e)
-                        continue
-                    r = route(name)
-                payload = cmd[i + 1]
-                meta = cmd[i + 2]
-                if type(payload) is not bytes or len(payload) > maxp:
-                    bad = self._payload_error(payload)
+            except TypeError:             # an array or map where the name should be
+                r = None
+            if r is None:
+                e = name_error(name)
+                if e is not None:
+                    bad = (protocol.E_BAD_NAME if type(name) is str else protocol.E_MALFORMED, e)
                     continue
-                if meta is not None and check_meta(meta) is not None:
-                    bad = (protocol.E_MALFORMED, check_meta(meta))
+                r = route(name)
+            payload = cmd[i + 1]
+            meta = cmd[i + 2]
+            if type(payload) is not bytes or len(payload) > maxp:
+                bad = payload_error(payload, maxp)
+                continue
+            if meta is not None:
+                e = meta_error(meta)
+                if e is not None:
+                    bad = (protocol.E_MALFORMED, e)
                     continue
-                if r.owner != me:
-                    fwd[r.owner] += (name, payload, meta)
+            if r.owner != me:
+                fwd[r.owner] += (name, payload, meta)
+                continue
+            if r.empty:
+                if meta is not None and meta[1] is not None:
+                    self._no_responders(meta[1])
+                continue
+            for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
+                o = c.out
+                if len(o) == 1:
+                    dirty.append(c)
+                o += (sid, name, payload, meta)
+            if r.shared:
+                fast = r.fast_groups
+                if fast is None:
+                    self._route_shared(r, name, payload, meta, None, None)
                     continue
-                if r.empty:
-                    if meta is not None and meta[1] is not None:
-                        self._no_responders(meta[1])
-                    continue
-                for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
-                    o = c.out
-                    if len(o) == 1:
-                        dirty.append(c)
-                    o += (sid, name, payload, meta)
-                if r.shared:
-                    fast = r.fast_groups
-                    if fast is None:
-                        self._route_shared(r, name, payload, meta, None, None)
-                        continue
-                    for key, picker in fast:     # queue groups with every member on this node
-                        m = picker.pick()
-                        if type(m) is Subscription:
-                            c = m.conn
-                            o = c.out
-                            if len(o) == 1:
-                                dirty.append(c)
-                            o += (m.sid, name, payload, meta)
-                        elif m is not None:      # a member held by another worker of this host
-                            self.deliver[m.link] += (name, payload, meta, [key])
-        except TypeError:
-            bad = (protocol.E_MALFORMED, "event name must be a string")
+                for key, picker in fast:     # queue groups with every member on this node
+                    m = picker.pick()
+                    if type(m) is Subscription:
+                        c = m.conn
+                        o = c.out
+                        if len(o) == 1:
+                            dirty.append(c)
+                        o += (m.sid, name, payload, meta)
+                    elif m is not None:      # a member held by another worker of this host
+                        self.deliver[m.link] += (name, payload, meta, [key])
         if conn is not None:   # counted where the event entered the node, not again at its owner
             self.stats["events_in"] += (n - start) // 3
             if bad is not None:
                 self._error(conn, *bad)
-
-    def _payload_error(self, payload):
-        if type(payload) is not bytes:
-            return (protocol.E_MALFORMED, "payload must be binary (msgpack bin)")
-        return (protocol.E_PAYLOAD_TOO_LARGE,
-                f"payload of {len(payload)} bytes exceeds max_payload {self.max_payload}")
 
     def _route_shared(self, r, name, payload, meta, src, keys):
         """Queue groups, other workers and peer nodes: the less common part of routing.
@@ -409,49 +423,71 @@ class Worker:
             self._send_peer(link)
 
     def _ingest_peer(self, src, cmd: list, start: int):
-        """Events from peer node `src`: [name, payload, meta, groups] quadruples."""
+        """Events from peer node `src`: [name, payload, meta, groups] quadruples.
+
+        Validated like client events in the same single pass (name on a route-cache
+        miss, payload, meta, group keys); invalid ones are dropped and counted per peer."""
         me = self.index
         cache_get = self.table._cache.get
         route = self.table.route
         dirty = self.dirty
         peer_links = self.peer_links
         cap = self.peer_frame_bytes
+        maxp = self.max_payload
         n = len(cmd)
-        try:
-            for i in range(start, n - 3, 4):
-                name = cmd[i]
-                r = cache_get(name) or route(name)
-                payload, meta, keys = cmd[i + 1], cmd[i + 2], cmd[i + 3]
-                if r.owner != me:
-                    buf = self.fwd_peer.get((r.owner, src))
-                    if buf is None:
-                        buf = self.fwd_peer[(r.owner, src)] = [bus.FWD_PEER, me, src]
-                    buf += (name, payload, meta, keys)
+        bad = 0
+        for i in range(start, n - 3, 4):
+            name = cmd[i]
+            try:
+                r = cache_get(name)
+            except TypeError:             # an array or map where the name should be
+                r = None
+            if r is None:
+                if name_error(name) is not None:
+                    bad += 1
                     continue
-                for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
-                    o = c.out
-                    if len(o) == 1:
-                        dirty.append(c)
-                    o += (sid, name, payload, meta)
-                if not r.shared:
-                    continue
-                if keys is None and not r.groups and not r.links:
-                    # Relaying to other peers only: the common case in the middle of a tree.
-                    for peer in r.peers:
-                        if peer != src:
-                            link = peer_links.get(peer)
-                            if link is None:
-                                continue
-                            out = link.out
-                            out += (name, payload, meta, None)
-                            link.bytes += len(payload)
-                            if link.bytes >= cap or len(out) >= PEER_BATCH_LEN:
-                                self._send_peer(link)
-                else:
-                    self._route_shared(r, name, payload, meta, src, keys)
-        except (TypeError, AttributeError):
-            self.rlog.warning(("peer-bad", src), "malformed events from peer %s dropped", src)
+                r = route(name)
+            payload, meta, keys = cmd[i + 1], cmd[i + 2], cmd[i + 3]
+            if (type(payload) is not bytes or len(payload) > maxp or (meta is not None and meta_error(meta))
+                    or (keys is not None and keys_error(keys))):
+                bad += 1
+                continue
+            if r.owner != me:
+                buf = self.fwd_peer.get((r.owner, src))
+                if buf is None:
+                    buf = self.fwd_peer[(r.owner, src)] = [bus.FWD_PEER, me, src]
+                buf += (name, payload, meta, keys)
+                continue
+            for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
+                o = c.out
+                if len(o) == 1:
+                    dirty.append(c)
+                o += (sid, name, payload, meta)
+            if not r.shared:
+                continue
+            if keys is None and not r.groups and not r.links:
+                # Relaying to other peers only: the common case in the middle of a tree.
+                for peer in r.peers:
+                    if peer != src:
+                        link = peer_links.get(peer)
+                        if link is None:
+                            continue
+                        out = link.out
+                        out += (name, payload, meta, None)
+                        link.bytes += len(payload)
+                        if link.bytes >= cap or len(out) >= PEER_BATCH_LEN:
+                            self._send_peer(link)
+            else:
+                self._route_shared(r, name, payload, meta, src, keys)
         self.stats["peer_in"] += (n - start) // 4
+        if bad:
+            self._peer_bad(src, bad, "invalid events")
+
+    def _peer_bad(self, src: str, count: int, what: str):
+        """Peer events that failed validation: dropped, counted per peer (status), logged rate-limited."""
+        self.peer_invalid[src] = self.peer_invalid.get(src, 0) + count
+        self.stats["peer_invalid"] += count
+        self.rlog.warning(("peer-bad", src), "peer %s sent %s: %d dropped", src, what, count)
 
     def _deliver_proxied(self, cmd: list):
         """Events the owner sent us for our proxied subscriptions."""
@@ -485,23 +521,7 @@ class Worker:
         self._ingest(None, [PUB, reply, b"", protocol.NO_RESPONDERS_META], 1)
 
     # -- subscriptions ------------------------------------------------------
-    def _on_sub(self, conn: Connection, cmd: list):
-        if len(cmd) not in (5, 6):
-            self._error(conn, protocol.E_MALFORMED, "SUB is [3, sid, pattern, group, req, options?]")
-            return
-        _, sid, pattern, group, req = cmd[:5]
-        opts = cmd[5] if len(cmd) == 6 else None
-        if type(sid) is not int:
-            self._error(conn, protocol.E_BAD_SID, "sid must be an integer", req)
-            return
-        e = pattern_error(pattern)
-        if e is None and group is not None and (type(group) is not str or not group or len(group) > MAX_GROUP_LEN
-                                               or not group.isprintable() or " " in group):
-            e = f"queue group must be 1..{MAX_GROUP_LEN} printable characters without spaces"
-        if e is not None:
-            self._error(conn, protocol.E_BAD_PATTERN, e, req)
-            return
-        cluster = type(opts) is dict and opts.get("confirm") == "cluster"
+    def _on_sub(self, conn: Connection, sid: int, pattern: str, group, req, cluster: bool):
         old = conn.subs.get(sid)
         same = old is not None and old.pattern == pattern and old.group == group
         if same and not cluster:
@@ -533,11 +553,8 @@ class Worker:
         else:
             self._send(conn, protocol.ok(req))
 
-    def _on_unsub(self, conn: Connection, cmd: list):
-        if len(cmd) != 3:
-            self._error(conn, protocol.E_MALFORMED, "UNSUB is [4, sid, req]")
-            return
-        s = conn.subs.get(cmd[1]) if type(cmd[1]) is int else None
+    def _on_unsub(self, conn: Connection, sid: int, req):
+        s = conn.subs.get(sid)
         if s is not None:
             # Like SUB: confirm only once the owner workers have dropped the interest, so no
             # event published after UNSUB returns is still picked for this member.
@@ -545,9 +562,9 @@ class Worker:
             self.next_ack += 1
             waiting = self._unsubscribe(conn, s, ackkey)
             if waiting:
-                self.pending_acks[ackkey] = [conn, cmd[2], waiting, self.now + ACK_TIMEOUT]
+                self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT]
                 return
-        self._send(conn, protocol.ok(cmd[2]))
+        self._send(conn, protocol.ok(req))
 
     def _unsubscribe(self, conn: Connection, s: Subscription, ackkey=None) -> set:
         del conn.subs[s.sid]
@@ -736,7 +753,22 @@ class Worker:
         link.bytes = 0
 
     def _set_peers(self, peers: dict):
-        """Open a DEALER to each overlay neighbour's counterpart worker; close the rest."""
+        """Open a DEALER to each overlay neighbour's counterpart worker; close the rest.
+
+        Also the list of nodes whose links may send peer frames: a connection that said
+        HELLO as a node that is no longer a neighbour loses that right."""
+        self.neighbours = frozenset(peers)
+        for c in self.conns.values():
+            if c.peer and c.peer not in self.neighbours:
+                c.peer = ""
+        for pid in [p for p in self.peer_invalid if p not in peers]:
+            del self.peer_invalid[pid]
+        claims, self.peer_claims = self.peer_claims, {}
+        for ident, (conn, hello, deadline) in claims.items():
+            if hello[4] in self.neighbours and self.now <= deadline and self.conns.get(ident) is conn:
+                self._on_hello(conn, *hello)
+            elif self.now <= deadline:
+                self.peer_claims[ident] = (conn, hello, deadline)
         for pid in [p for p in self.peer_links if p not in peers]:
             link = self.peer_links.pop(pid)
             self.poller.unregister(link.sock)
@@ -776,13 +808,15 @@ class Worker:
             except zmq.Again:
                 return
             try:
-                cmd = unpack(frame)
+                cmd = decode_node(frame)
             except ProtocolError:
                 continue
             if cmd[0] == PING:
-                sock.send(pack([PONG, cmd[1] if len(cmd) > 1 else None]), zmq.NOBLOCK)
+                sock.send(pack([PONG, cmd[1]]), zmq.NOBLOCK)
             elif cmd[0] == protocol.ERR and cmd[1] == protocol.E_NOT_AUTHORIZED:
-                sock.send(self._peer_hello(), zmq.NOBLOCK)   # the peer worker restarted: greet it again
+                # The peer worker restarted, or has not yet heard from its supervisor that we are
+                # its neighbour: greet it again at the next housekeeping tick (not in a tight loop).
+                link.rehello = True
 
     def _send(self, conn: Connection, frame: bytes) -> bool:
         try:
@@ -833,6 +867,15 @@ class Worker:
             backlog, self.bus_backlog = self.bus_backlog, []
             for topic, body in backlog:
                 self._bus_send(topic, body)
+        if self.peer_claims:
+            self.peer_claims = {i: c for i, c in self.peer_claims.items() if c[2] >= now}
+        for link in self.peer_links.values():
+            if link.rehello:
+                link.rehello = False
+                try:
+                    link.sock.send(self._peer_hello(), NOBLOCK)
+                except zmq.ZMQError:
+                    link.rehello = True
         if self.blocked:   # give blocked consumers another chance to take their share
             for c in self.blocked:
                 c.blocked = False
@@ -864,7 +907,8 @@ class Worker:
 
     def worker_stats(self) -> dict:
         slow = sorted((c for c in self.conns.values() if c.drops), key=lambda c: -c.drops)[:10]
-        peers = {pid: {"name": l.name, "events_out": l.events_out, "dropped": l.dropped}
+        peers = {pid: {"name": l.name, "events_out": l.events_out, "dropped": l.dropped,
+                       "invalid_in": self.peer_invalid.get(pid, 0)}
                  for pid, l in self.peer_links.items()}
         return {
             "index": self.index,
@@ -905,7 +949,7 @@ class Worker:
 class PeerLink:
     """This worker's DEALER to its counterpart worker on an overlay neighbour."""
 
-    __slots__ = ("peer", "name", "sock", "out", "bytes", "events_out", "dropped")
+    __slots__ = ("peer", "name", "sock", "out", "bytes", "events_out", "dropped", "rehello")
 
     def __init__(self, peer: str, name: str, sock, node_id: str):
         self.peer = peer
@@ -915,3 +959,4 @@ class PeerLink:
         self.bytes = 0
         self.events_out = 0
         self.dropped = 0
+        self.rehello = False     # the peer refused us (not_authorized): say HELLO again at the next tick
