@@ -61,9 +61,11 @@ def test_not_a_command_array_is_malformed(frame):
     (b"\x92\x01\x81\x91\x01\x02", "an array as a map key"),
 ])
 def test_absurd_lengths_and_depths_are_refused_before_allocation(frame, what):
+    # Refused without allocating what was declared: a 4 GiB allocation would take
+    # seconds or fail with MemoryError.  The bound is generous (loaded 2-core CI).
     t = time.perf_counter()
     refused(frame)
-    assert time.perf_counter() - t < 0.05, what
+    assert time.perf_counter() - t < 2.0, what
 
 
 def test_deeply_nested_values_never_recurse_in_python():
