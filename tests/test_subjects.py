@@ -159,3 +159,23 @@ def test_insert_remove_keeps_trie_consistent(ops, names):
     for n in names:
         assert t.match(n) == []
     assert t._root.empty(), "removing every pattern must prune the trie (no leaked nodes)"
+
+
+def test_trie_memory_per_literal_subscription_is_small():
+    """Issue 10: a literal subscription costs one leaf node with one set; empty dicts and
+    sets are not allocated (they tripled the leaf's size)."""
+    import tracemalloc
+
+    names = [f"bench.sub.{i}" for i in range(10_000)]
+    values = [object() for _ in names]
+    t = SubjectTrie()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for name, v in zip(names, values):
+            t.insert(name, v)
+        per_entry = (tracemalloc.get_traced_memory()[0] - before) / len(names)
+    finally:
+        tracemalloc.stop()
+    assert t.match("bench.sub.7") == [values[7]]
+    assert per_entry < 450, f"{per_entry:.0f} bytes per literal subscription in the trie"

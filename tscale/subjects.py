@@ -80,14 +80,21 @@ def matches(pattern: str, name: str) -> bool:
     return len(p) == len(n)
 
 
+_NO_CHILDREN: dict = {}
+
+
 class _Node:
+    """One trie level.  Every field starts empty (None) and is allocated on first use:
+    most nodes are leaves holding one literal subscription, and an empty dict and two
+    empty sets would triple their size (issue 10: RSS per subscription)."""
+
     __slots__ = ("children", "star", "values", "tail")
 
     def __init__(self):
-        self.children: dict[str, _Node] = {}
+        self.children: dict[str, _Node] | None = None
         self.star: _Node | None = None     # child for '*'
-        self.values: set = set()           # patterns ending here
-        self.tail: set = set()             # patterns ending here with '>'
+        self.values: set | None = None     # patterns ending here
+        self.tail: set | None = None       # patterns ending here with '>'
 
     def empty(self) -> bool:
         return not (self.children or self.star or self.values or self.tail)
@@ -111,8 +118,13 @@ class SubjectTrie:
         last = toks[-1]
         if last == ">":
             target = node.tail
+            if target is None:
+                target = node.tail = set()
         else:
-            target = self._child(node, last).values
+            leaf = self._child(node, last)
+            target = leaf.values
+            if target is None:
+                target = leaf.values = set()
         if value not in target:
             target.add(value)
             self._count += 1
@@ -123,9 +135,12 @@ class SubjectTrie:
             if node.star is None:
                 node.star = _Node()
             return node.star
-        nxt = node.children.get(tok)
+        children = node.children
+        if children is None:
+            children = node.children = {}
+        nxt = children.get(tok)
         if nxt is None:
-            nxt = node.children[tok] = _Node()
+            nxt = children[tok] = _Node()
         return nxt
 
     def remove(self, pattern: str, value) -> bool:
@@ -134,7 +149,7 @@ class SubjectTrie:
         path = []
         node = self._root
         for tok in toks[:-1]:
-            nxt = node.star if tok == "*" else node.children.get(tok)
+            nxt = node.star if tok == "*" else (node.children or _NO_CHILDREN).get(tok)
             if nxt is None:
                 return False
             path.append((node, tok))
@@ -142,16 +157,23 @@ class SubjectTrie:
         last = toks[-1]
         if last == ">":
             target = node.tail
+            if target is None or value not in target:
+                return False
+            target.discard(value)
+            if not target:
+                node.tail = None
         else:
-            leaf = node.star if last == "*" else node.children.get(last)
+            leaf = node.star if last == "*" else (node.children or _NO_CHILDREN).get(last)
             if leaf is None:
                 return False
+            target = leaf.values
+            if target is None or value not in target:
+                return False
+            target.discard(value)
+            if not target:
+                leaf.values = None
             path.append((node, last))
             node = leaf
-            target = leaf.values
-        if value not in target:
-            return False
-        target.discard(value)
         self._count -= 1
         while path and node.empty():
             parent, tok = path.pop()
@@ -159,6 +181,8 @@ class SubjectTrie:
                 parent.star = None
             else:
                 del parent.children[tok]
+                if not parent.children:
+                    parent.children = None
             node = parent
         return True
 
@@ -172,10 +196,11 @@ class SubjectTrie:
         if node.tail and i < len(toks):
             out.extend(node.tail)
         if i == len(toks):
-            out.extend(node.values)
+            if node.values:
+                out.extend(node.values)
             return
         tok = toks[i]
-        nxt = node.children.get(tok)
+        nxt = node.children.get(tok) if node.children else None
         if nxt is not None:
             self._walk(nxt, toks, i + 1, out)
         if node.star is not None:
