@@ -64,6 +64,8 @@ def test_neighbours_views_equal_their_export(ops):
             fan(t.link_replace(link, [(p, g, n) for (p, g), n in entries]))
         for link, view in views.items():
             assert view == {k: n for k, n in t.export(link).items() if n > 0}
+        # total_keys() is cached between changes (status asks every second): never stale
+        assert t.total_keys() == len(set(t.local).union(*t.links.values()))
 
 
 def test_split_horizon_never_echoes_a_links_own_interest():

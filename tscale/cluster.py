@@ -18,6 +18,7 @@ Control frames (msgpack arrays) between supervisors, over the control port
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import socket
@@ -583,12 +584,17 @@ class ClusterControl:
                 "lost": [{"id": x["id"], "name": x["name"], "ago_s": round(now - x["at"], 1), "why": x["why"]}
                          for x in ov.lost],
                 "interest_entries": self.interest.total_keys(),
-                "interest": {"local": _entries(self.interest.local),
-                             "links": {mid: _entries(t) for mid, t in self.interest.links.items()}},
+                "interest": {"local": _entries(self.interest.local), "local_count": len(self.interest.local),
+                             "links": {mid: _entries(t) for mid, t in self.interest.links.items()},
+                             "link_counts": {mid: len(t) for mid, t in self.interest.links.items()}},
                 "discovery": bool(self.udp), "control_port": self.ctl_port}
 
 
 
 def _entries(table: dict, limit: int = 100) -> list:
-    """[pattern, group, count] rows for status, at most `limit` of them."""
-    return [[p, g, n] for (p, g), n in sorted(table.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))[:limit]]
+    """A sample of at most `limit` [pattern, group, count] rows for status, in table order.
+
+    Status is built every second: it must never sort or walk the whole table, which
+    holds one entry per subscribed (pattern, group) (issue 10: 100,000 idle
+    subscriptions cost 17 % of a core when this sorted them)."""
+    return [[p, g, n] for (p, g), n in itertools.islice(table.items(), limit)]

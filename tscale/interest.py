@@ -15,6 +15,7 @@ class InterestTable:
     def __init__(self):
         self.local: dict[Key, int] = {}
         self.links: dict[object, dict[Key, int]] = {}
+        self._total: int | None = None    # total_keys() until the next change
 
     # -- reading --------------------------------------------------------------
     def export(self, link) -> dict[Key, int]:
@@ -28,13 +29,22 @@ class InterestTable:
         return out
 
     def total_keys(self) -> int:
-        keys = set(self.local)
-        for t in self.links.values():
-            keys.update(t)
-        return len(keys)
+        """Distinct keys over every table.  Status asks every second: the union is
+        computed only after a change, and not at all on a node without linked interest."""
+        if self._total is None:
+            tables = [t for t in self.links.values() if t]
+            if not tables:
+                self._total = len(self.local)
+            else:
+                keys = set(self.local)
+                for t in tables:
+                    keys.update(t)
+                self._total = len(keys)
+        return self._total
 
     # -- changes: each returns {link: [(pattern, group, delta), ...]} to send ----
     def _fan(self, changes: list, skip) -> dict:
+        self._total = None   # every change passes here
         if not changes:
             return {}
         return {link: list(changes) for link in self.links if link != skip}
