@@ -265,3 +265,17 @@ def test_wrong_token_refused(make_node):
             await c.publish("tok.a", b"ok")
             assert (await s.next_msg(timeout=DEADLINE)).data == b"ok"
     run(main())
+
+
+def test_subscribe_without_wait_then_flush(node2):
+    async def main():
+        P = uniq("aionw")
+        names = [name_for(k, 2, P) for k in range(2)]
+        async with await connect(node2, name="aio-nw-sub") as sub_c, await connect(node2, name="aio-nw-pub") as pub_c:
+            subs = [await sub_c.subscribe(n, wait=False) for n in names]
+            await sub_c.flush(timeout=DEADLINE)
+            for n in names:
+                await pub_c.publish(n, n.encode())
+            for s, n in zip(subs, names):
+                assert (await s.next_msg(timeout=DEADLINE)).data == n.encode()
+    run(main())

@@ -115,3 +115,21 @@ def test_raw_publish_without_hello_not_authorized(token_node, clients, raws):
     r.pub(good, b"now allowed")
     m = sub.next_msg(timeout=DEADLINE)
     assert (m.name, m.data) == (good, b"now allowed"), "the unauthorized event must not have been delivered"
+
+
+def test_subscribe_without_wait_reports_node_errors(small_node, clients):
+    """A subscription the node refuses, made with wait=False, raises nothing: the error
+    arrives as last_error and through error_cb, and the connection keeps working."""
+    seen = []
+    c = clients(small_node, name="nowait-limit", error_cb=seen.append)
+    P = uniq("nwl")
+    names = []
+    while len(names) <= MAX_SUBS:    # the limit is per connection per worker: all on worker 0
+        names.append(name_for(0, 2, P, start=int(names[-1].rsplit(".", 1)[1]) + 1 if names else 0))
+    for name in names:
+        c.subscribe(name, wait=False)
+    c.flush(timeout=DEADLINE)
+    assert c.last_error is not None and c.last_error.code == protocol.E_TOO_MANY_SUBS
+    assert [e.code for e in seen] == [protocol.E_TOO_MANY_SUBS]
+    with pytest.raises(tscale.TscaleError):
+        c.subscribe(P + ".x", confirm="cluster", wait=False)

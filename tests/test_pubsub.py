@@ -274,3 +274,28 @@ def test_repeating_a_confirmed_sub_keeps_the_subscription(node2, raws):
     pub = raws(node2.port)
     pub.pub(name, b"still here")
     sub.wait_events(lambda evs: any(e[1] == name for e in evs), DEADLINE, "the event after the repeated SUB")
+
+
+def test_subscribe_without_wait_is_in_place_after_flush(node2, clients):
+    """Issue 10: many subscriptions set up with wait=False cost one round trip (the flush);
+    once flush() returns every one of them receives, on both workers, wildcards too."""
+    sub_c = clients(node2, name="nowait-sub")
+    pub_c = clients(node2, name="nowait-pub")
+    P = uniq("nw")
+    got: dict = {}
+    n = 2000
+    subs = [sub_c.subscribe(f"{P}.{i}", cb=lambda m: got.setdefault(m.name, m.data), wait=False)
+            for i in range(n)]
+    star = sub_c.subscribe(P + ".*", wait=False)
+    sub_c.flush(timeout=DEADLINE)
+    subs_now = lambda: node2.status()["totals"]["subscriptions"]   # noqa: E731 (figures are up to 1 s old)
+    before = wait_until(lambda: (v := subs_now()) >= n + 2 and v, what="status to count every subscription")
+    probe = sorted({n - 1} | {int(name_for(k, 2, P).rsplit(".", 1)[1]) for k in range(2)})   # both workers
+    for i in probe:
+        pub_c.publish(f"{P}.{i}", str(i).encode())
+    wait_until(lambda: len(got) == len(probe), what="every probed subscription to receive")
+    assert got == {f"{P}.{i}": str(i).encode() for i in probe}
+    assert sorted(star.next_msg(timeout=DEADLINE).name for _ in probe) == sorted(f"{P}.{i}" for i in probe)
+    for s in subs[:10]:
+        s.unsubscribe()
+    wait_until(lambda: subs_now() == before - 10, what="status to count the 10 removed")

@@ -279,14 +279,19 @@ class Client(CoreView):
 
     async def subscribe(self, pattern: str, queue: str | None = None, cb=None, *,
                         pending_limit: int = DEFAULT_PENDING_LIMIT, timeout: float = 5.0,
-                  confirm: str = "node") -> Subscription:
-        """Returns once the node has the interest in place (no slow-joiner race)."""
+                  confirm: str = "node", wait: bool = True) -> Subscription:
+        """Returns once the node has the interest in place (no slow-joiner race);
+        `wait=False`: at once, in place after the next `flush()` (see the sync client)."""
         self._check_open()
         if confirm == "cluster":
             timeout = max(timeout, 10.0)
-        state = self._core.new_sub(pattern, queue, confirm)
+        state = self._core.new_sub(pattern, queue, confirm, wait)
         sub = Subscription(self, state, cb, pending_limit)
         self._subs[state.sid] = sub
+        if not wait:
+            for k in state.targets:
+                self._send(k, self._core.sub_frame(state, None))
+            return sub
         try:
             await asyncio.gather(*(self._call(k, lambda req: self._core.sub_frame(state, req), timeout,
                                               f"subscribe {pattern!r}") for k in state.targets))

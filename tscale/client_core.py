@@ -201,12 +201,15 @@ class ClientCore:
         return frame
 
     # -- subscriptions ------------------------------------------------------
-    def new_sub(self, pattern: str, queue: str | None, confirm: str | None = None) -> SubState:
+    def new_sub(self, pattern: str, queue: str | None, confirm: str | None = None,
+                wait: bool = True) -> SubState:
         e = pattern_error(pattern)
         if e is not None:
             raise TscaleError(e)
         if confirm not in (None, "node", "cluster"):
             raise TscaleError("confirm must be 'node' (default) or 'cluster'")
+        if confirm == "cluster" and not wait:
+            raise TscaleError("confirm='cluster' needs wait=True: the cluster confirmation is the wait")
         sid = next(self._sids)
         targets = [crc32(pattern.encode()) % self.workers] if is_literal(pattern) else list(range(self.workers))
         s = SubState(sid, pattern, queue, targets, None if confirm == "node" else confirm)
