@@ -65,16 +65,21 @@ def machine() -> dict:
 
 
 def _fmt_run(run: dict) -> str:
+    p = lambda k: f"{run[k]:.0f}" if run.get(k) is not None else "-"  # noqa: E731
+    if "setup_s" in run:
+        return (f"setup {run['setup_s']:.2f} s, idle CPU {run['idle_cpu_pct']:.1f} %, "
+                f"{p('rss_per_sub')} B RSS per subscription")
     if "rate" in run:
         rate = run["rate"]
         text = (f"{rate / 1e3:,.0f} k/s" if rate else "no events") + f", lost {run['lost']:,}"
+        if "p50" in run:
+            text += f"; requests p50 {p('p50')} p99 {p('p99')} p99.9 {p('p999')} max {p('max')} µs"
         if run.get("path"):
             text += f", chain {' → '.join(run['path'])}"
             if run.get("attempts", 1) > 1:
                 text += f" (attempt {run['attempts']}: the earlier overlays were no chain)"
         return text
     if "p50" in run:
-        p = lambda k: f"{run[k]:.0f}" if run.get(k) is not None else "-"  # noqa: E731
         return f"p50 {p('p50')} p99 {p('p99')} p99.9 {p('p999')} µs, errors {run['errors']}"
     if "rss_idle" in run:
         mb = lambda k: f"{run[k] / 2**20:.1f}" if run.get(k) else "-"  # noqa: E731

@@ -15,6 +15,7 @@ from tscale.bench.measure import (RecvCounter, Signals, atime_requests, payload,
                                   publish_result, wait_stop)
 
 FLUSH_TIMEOUT = 120
+FLOOD_CHUNK = 1000   # events published between two looks at the clock
 
 
 def _url(addr: str) -> str:
@@ -45,6 +46,33 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signa
         finally:
             await nc.close()
         return publish_result(count, t0, t1)
+
+    return asyncio.run(main())
+
+
+def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Signals | None = None,
+              topology: dict | None = None) -> dict:
+    """Publish as fast as the server takes it for ``duration`` seconds after GO (or until STOP)."""
+    signals = signals or Signals()
+
+    async def main():
+        nc = await _connect(addr, "bench-flood")
+        data = payload(size)
+        try:
+            signals.ready()
+            await asyncio.to_thread(signals.wait_go)
+            publish = nc.publish
+            t0 = time.monotonic()
+            end, sent, stop = t0 + duration, 0, signals.stop
+            while time.monotonic() < end and not stop.is_set():
+                for _ in range(FLOOD_CHUNK):
+                    await publish(name, data)
+                sent += FLOOD_CHUNK
+            await nc.flush(timeout=FLUSH_TIMEOUT)
+            t1 = time.monotonic()
+        finally:
+            await nc.close()
+        return publish_result(sent, t0, t1)
 
     return asyncio.run(main())
 
@@ -121,20 +149,24 @@ def run_responder(addr: str, name: str, *, limit: float = 600.0, signals: Signal
 
 
 def hold_subscriptions(addr: str, count: int, *, prefix: str = "bench.sub", limit: float = 600.0,
-                       signals: Signals | None = None, topology: dict | None = None) -> dict:
+                       pipelined: bool = True, signals: Signals | None = None,
+                       topology: dict | None = None) -> dict:
+    """nats-py's subscribe never waits for the server: always pipelined, one flush at the end."""
     signals = signals or Signals()
 
     async def main():
         nc = await _connect(addr, "bench-subs")
         try:
+            t0 = time.monotonic()
             for i in range(count):
                 await nc.subscribe(f"{prefix}.{i}")
             await nc.flush(timeout=60)
+            setup_s = time.monotonic() - t0
             signals.ready()
             await asyncio.to_thread(wait_stop, signals, limit)
         finally:
             await nc.close()
-        return dict(subscriptions=count)
+        return dict(subscriptions=count, setup_s=setup_s)
 
     return asyncio.run(main())
 

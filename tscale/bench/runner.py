@@ -18,6 +18,7 @@ from tscale.bench import procs
 from tscale.bench.systems import System, driver_env
 
 READY_DEADLINE = 60.0
+ISOLATION_REQUESTS = "svc.echo"   # the request name of the isolation scenario
 STOP_GRACE = 10.0
 
 
@@ -186,6 +187,91 @@ class Runner:
         out["requester_cpu_us"] = _per(result.get("cpu_s"), result["ok"])
         out["server_cpu_us"] = _per(None if cpu0 is None else cpu1 - cpu0, result["ok"])
         return out
+
+    # ------------------------------------------------------------ latency isolation
+
+    def isolation(self, system: System, requests: int, rate: float, flood_name: str, flood_size: int,
+                  with_requests: bool, workers: int = 1) -> dict:
+        """A 1 -> 1 flood on ``flood_name`` and, ``with_requests``, request/reply on another name
+        paced at ``rate`` (the flood alone otherwise).  The flood lasts the requests' schedule
+        plus one second; its rate is counted at its subscriber, latency at the requester."""
+        rundir = self._rundir(f"{system.key}-isolation")
+        server = system.start(rundir, workers=workers)
+        t = self.timing
+        duration = requests / rate + 1.0
+        children = []
+        req = None
+        try:
+            sub = self._spawn(rundir, "sub", system, server.addr,
+                              dict(pattern=flood_name, count=None, idle_timeout=t.idle_timeout,
+                                   start_timeout=t.start_timeout), "sub")
+            children.append(sub)
+            if with_requests:
+                children.append(self._spawn(rundir, "rep", system, server.addr, dict(name=ISOLATION_REQUESTS),
+                                            "rep"))
+            self._all_ready(children)
+            flood = self._spawn(rundir, "flood", system, server.addr,
+                                dict(name=flood_name, size=flood_size, duration=duration), "flood")
+            second = [flood]
+            if with_requests:
+                req = self._spawn(rundir, "req", system, server.addr,
+                                  dict(name=ISOLATION_REQUESTS, count=requests, size=128, rate=rate, timeout=1.0),
+                                  "req")
+                second.append(req)
+            children += second
+            self._all_ready(second)
+            cpu0 = server.cpu_seconds()
+            for child in children:
+                child.send("GO")
+            deadline = time.monotonic() + duration + requests * 1.0 / 10 + 60
+            latency = req.result(deadline) if req else None
+            pub = flood.result(deadline)
+            subs = self._collect([sub], deadline)
+            cpu1 = server.cpu_seconds()
+        finally:
+            for child in children:
+                child.stop()
+            server.stop()
+        received = subs[0]["received"]
+        out = dict(sent=pub["sent"], received=received, lost=pub["sent"] - received,
+                   rate=subs[0].get("rate"), publish_rate=pub.get("rate"),
+                   server_cpu_us=_per(None if cpu0 is None else cpu1 - cpu0, received),
+                   notes=server.loss_notes())
+        if latency:
+            lat = latency.get("latency_us", {})
+            out.update(requests=requests, ok=latency["ok"], errors=latency["errors"],
+                       first_error=latency.get("first_error"),
+                       **{k: lat.get(k) for k in ("p50", "p90", "p99", "p999", "max", "mean")})
+        return out
+
+    # ------------------------------------------------------------ many subscriptions
+
+    def many_subscriptions(self, system: System, count: int, idle_window: float, workers: int = 1) -> dict:
+        """One client sets up ``count`` subscriptions (pipelined: one flush at the end); then
+        the server's RSS and its CPU while nothing flows."""
+        rundir = self._rundir(f"{system.key}-manysubs")
+        with system.start(rundir, workers=workers) as server:
+            rss0 = server.rss()
+            holder = self._spawn(rundir, "subs", system, server.addr, dict(count=count, pipelined=True), "subs")
+            try:
+                self._all_ready([holder], READY_DEADLINE * 2)
+                settle = time.monotonic() + 1.0   # let the first status round after the burst pass
+                while time.monotonic() < settle:
+                    time.sleep(0.05)
+                rss1 = server.rss()
+                cpu0, t0 = server.cpu_seconds(), time.monotonic()
+                end = t0 + idle_window
+                while time.monotonic() < end:
+                    time.sleep(0.05)
+                cpu1, t1 = server.cpu_seconds(), time.monotonic()
+                holder.send("STOP")
+                held = holder.result(time.monotonic() + STOP_GRACE + 30)
+            finally:
+                holder.stop()
+        return dict(subscriptions=count, setup_s=held.get("setup_s"),
+                    idle_cpu_pct=None if cpu0 is None else 100.0 * (cpu1 - cpu0) / (t1 - t0),
+                    rss_per_sub=None if not (rss0 and rss1) else (rss1 - rss0) / count,
+                    rss_idle=rss0, rss_subs=rss1)
 
     # ------------------------------------------------------------ memory footprint
 

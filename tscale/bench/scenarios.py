@@ -16,6 +16,7 @@ from tscale.bench.systems import FOOTPRINT, PUBSUB, QUEUE, REQREP, WORKERS, Syst
 
 # Kinds decide how the report tabulates and charts a scenario.
 THROUGHPUT, LATENCY, COST, PLACEHOLDER = "throughput", "latency", "cost", "placeholder"
+ISOLATION, SUBSCRIPTIONS = "isolation", "subscriptions"
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,17 @@ class Counts:
     zmq_scale: int
     runs: int
     idle_timeout: float
+    isolation_requests: int   # paced requests during the flood (at paced_rate)
+    many_subs: int            # subscriptions one client sets up
+    idle_window: float        # seconds of idle CPU measured with them in place
 
 
 FULL = Counts(events=1_000_000, fanout_events=200_000, requests=10_000, paced_rate=1000.0,
-              subscriptions=10_000, connections=1_000, zmq_scale=10, runs=3, idle_timeout=2.0)
+              subscriptions=10_000, connections=1_000, zmq_scale=10, runs=3, idle_timeout=2.0,
+              isolation_requests=5_000, many_subs=100_000, idle_window=5.0)
 QUICK = Counts(events=20_000, fanout_events=5_000, requests=500, paced_rate=1000.0,
-               subscriptions=1_000, connections=100, zmq_scale=10, runs=1, idle_timeout=1.0)
+               subscriptions=1_000, connections=100, zmq_scale=10, runs=1, idle_timeout=1.0,
+               isolation_requests=300, many_subs=5_000, idle_window=1.0)
 
 
 @dataclass(frozen=True)
@@ -129,16 +135,46 @@ NATS_NA = ("n/a: NATS has no equivalent chain in its normal deployment: a NATS c
            "mesh, so an event crosses at most one route (1 hop) whatever the number of servers")
 
 
+LARGE = (4096, 65536)
+LARGE_BYTES_PER_EVENT = 1024   # large payloads: as many bytes in all as 1024 B events, at most
+
+
 def _pubsub_variants(c: Counts) -> list[Variant]:
-    return [Variant(f"{size} B", _flow(_one_to_one(size), lambda c: c.events, c))
-            for size in (16, 128, 1024)]
+    def count(size: int):
+        return lambda c: c.events if size <= LARGE_BYTES_PER_EVENT else c.events * LARGE_BYTES_PER_EVENT // size
+    return [Variant(f"{size} B" if size < 4096 else f"{size // 1024} KiB", _flow(_one_to_one(size), count(size), c))
+            for size in (16, 128, 1024) + LARGE]
+
+
+NODE_WORKERS = 2   # tscale node of the isolation and many-subscriptions rows (NATS ignores it)
+
+
+def same_shard_name(ref: str, count: int, prefix: str = "bench.flood") -> str:
+    """A name owned by the same worker as ``ref`` on a ``count``-worker node."""
+    from tscale.sharding import shard_of
+    i = 0
+    while shard_of(f"{prefix}{i}", count) != shard_of(ref, count):
+        i += 1
+    return f"{prefix}{i}"
+
+
+def _isolation_variants(c: Counts) -> list[Variant]:
+    from tscale.bench.runner import ISOLATION_REQUESTS
+    flood = same_shard_name(ISOLATION_REQUESTS, NODE_WORKERS)
+    rate = f"{c.paced_rate / 1000:g}k/s"
+
+    def measure(with_requests: bool):
+        return lambda r, s: r.isolation(s, c.isolation_requests, c.paced_rate, flood, 128, with_requests,
+                                        workers=NODE_WORKERS)
+    return [Variant("flood alone", measure(False)), Variant(f"flood + requests {rate}", measure(True))]
 
 
 SCENARIOS: list[Scenario] = [
     Scenario("pubsub", "1 publisher → 1 subscriber", THROUGHPUT, PUBSUB,
              "One publisher process, one subscriber process, one event name; events/s "
              "received by the subscriber from its first to its last event.  Raw pyzmq "
-             "moves 100 events per frame (msgpack), as in every raw pyzmq throughput row.",
+             "moves 100 events per frame (msgpack), as in every raw pyzmq throughput row.  The 4 KiB "
+             "and 64 KiB runs send as many bytes as the 1024 B run (events × 1024 ÷ size events).",
              _pubsub_variants),
     Scenario("fanout", "Fan-out 1 → 8 subscribers, 128 B", THROUGHPUT, PUBSUB,
              "One publisher, eight subscriber processes on the same name; aggregate events/s "
@@ -162,6 +198,26 @@ SCENARIOS: list[Scenario] = [
                  Variant(f"paced {c.paced_rate / 1000:g}k/s",
                          lambda r, s: r.reqrep(s, c.requests, 128, c.paced_rate)),
              ]),
+    Scenario("isolation", "Latency isolation: request/reply paced 1k/s while a 1 → 1 flood runs on another name",
+             ISOLATION, REQREP,
+             "A publisher floods one name (128 B, as fast as the server takes it) to one subscriber; "
+             "meanwhile a requester sends one request at a time, paced at 1k/s, to an echo responder "
+             "on another name.  tscale runs with --workers 2 and the flood's name is owned by the "
+             "same worker as the request name (the hard case: one busy name must not delay the "
+             "others).  Latency as in the request/reply row; the flood's rate is counted at its "
+             "subscriber and compared with the flood alone, measured back to back in each run "
+             "(target: p99 ≤ NATS's, flood ≥ 0.90× of alone).  Server CPU per flood event.",
+             _isolation_variants, only=("tscale", "nats"), paired=True),
+    Scenario("manysubs", "Many subscriptions: one client sets up 100,000", SUBSCRIPTIONS, FOOTPRINT,
+             "One client subscribes to N distinct literal names, pipelined (tscale "
+             "subscribe(wait=False), NATS subscribe, then one flush), and holds them; setup is "
+             "timed in the client from the first subscribe to the flush returning.  Then, with "
+             "nothing flowing, the server's CPU (all its processes, % of one core) over a few "
+             "seconds, and its RSS growth per subscription.  tscale runs with --workers 2.",
+             lambda c: [Variant(f"{c.many_subs:,} subscriptions",
+                                lambda r, s: r.many_subscriptions(s, c.many_subs, c.idle_window,
+                                                                  workers=NODE_WORKERS))],
+             only=("tscale", "nats")),
     Scenario("workers", "Worker scaling: 2 publishers → 2 subscribers on distinct names, 128 B",
              THROUGHPUT, WORKERS,
              "tscale only: two names owned by different workers; node started with "

@@ -12,6 +12,7 @@ from tscale.bench.measure import (RecvCounter, Signals, payload, publish_result,
                                   time_requests, wait_stop)
 
 FLUSH_TIMEOUT = 120.0
+FLOOD_CHUNK = 1000   # events published between two looks at the clock
 
 
 def _client(addr: str, name: str):
@@ -37,6 +38,29 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signa
     finally:
         client.close()
     return publish_result(count, t0, t1)
+
+
+def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Signals | None = None,
+              topology: dict | None = None) -> dict:
+    """Publish as fast as the node takes it for ``duration`` seconds after GO (or until STOP)."""
+    signals = signals or Signals()
+    client = _client(addr, "bench-flood")
+    data = payload(size)
+    try:
+        signals.ready()
+        signals.wait_go()
+        publish = client.publish
+        t0 = time.monotonic()
+        end, sent, stop = t0 + duration, 0, signals.stop
+        while time.monotonic() < end and not stop.is_set():
+            for _ in range(FLOOD_CHUNK):
+                publish(name, data)
+            sent += FLOOD_CHUNK
+        client.flush(timeout=FLUSH_TIMEOUT)
+        t1 = time.monotonic()
+    finally:
+        client.close()
+    return publish_result(sent, t0, t1)
 
 
 def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | None = None,
@@ -93,16 +117,26 @@ def run_responder(addr: str, name: str, *, limit: float = 600.0, signals: Signal
 
 
 def hold_subscriptions(addr: str, count: int, *, prefix: str = "bench.sub", limit: float = 600.0,
-                       signals: Signals | None = None, topology: dict | None = None) -> dict:
+                       pipelined: bool = False, signals: Signals | None = None,
+                       topology: dict | None = None) -> dict:
+    """Subscribe ``count`` names, then hold them until STOP.  ``pipelined``: subscribe with
+    wait=False and one flush() at the end (as NATS clients do) instead of one round trip each;
+    ``setup_s`` is the time from the first subscribe to the interest being in place."""
     signals = signals or Signals()
     client = _client(addr, "bench-subs")
     try:
-        subs = [client.subscribe(f"{prefix}.{i}") for i in range(count)]
+        t0 = time.monotonic()
+        if pipelined:
+            subs = [client.subscribe(f"{prefix}.{i}", wait=False) for i in range(count)]
+            client.flush(timeout=FLUSH_TIMEOUT)
+        else:
+            subs = [client.subscribe(f"{prefix}.{i}") for i in range(count)]
+        setup_s = time.monotonic() - t0
         signals.ready()
         wait_stop(signals, limit)
     finally:
         client.close()
-    return dict(subscriptions=len(subs))
+    return dict(subscriptions=len(subs), setup_s=setup_s)
 
 
 def hold_connections(addr: str, count: int, *, limit: float = 600.0,
