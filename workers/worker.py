@@ -32,6 +32,12 @@ from tscale.subjects import is_literal, name_error
 
 INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
 FLUSH_EVERY = 32          # frames read between output flushes (bounds batch size and latency)
+# One busy connection must not delay every other one (issue 10): the work between two
+# flushes is bounded in input bytes too (a 1000-event PUB frame of 128 B events is ~140 KB,
+# so a flood is flushed after every frame, not after 32 of them), and one drain pass in
+# time, after which the loop flushes, looks at the other socket and polls again.
+FLUSH_BYTES = 64 * 1024   # input bytes between output flushes at most (plus one frame)
+PASS_TIME = 0.002         # seconds one drain pass may take (checked at each flush)
 TICK = 0.1                # housekeeping period, seconds
 STATS_EVERY = 1.0
 IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if they are gone
@@ -178,6 +184,8 @@ class Worker:
         recv = router.recv
         getsockopt = router.getsockopt
         conns = self.conns
+        pending = 0                        # input bytes since the last flush
+        deadline = self.now + PASS_TIME
         for k in range(INPUT_BUDGET):
             try:
                 ident = recv(NOBLOCK)
@@ -196,8 +204,12 @@ class Worker:
                 self._error(conn, protocol.E_MALFORMED, "send one frame per command (DEALER, no envelope)")
                 continue
             self._dispatch(conn, frame)
-            if k % FLUSH_EVERY == FLUSH_EVERY - 1:
+            pending += len(frame)
+            if pending >= FLUSH_BYTES or k % FLUSH_EVERY == FLUSH_EVERY - 1:
                 self._flush()
+                pending = 0
+                if time.monotonic() >= deadline:
+                    return
 
     def _dispatch(self, conn: Connection, frame: bytes):
         try:
@@ -612,12 +624,20 @@ class Worker:
     # -- bus input ----------------------------------------------------------
     def _drain_bus(self):
         recv = self.sub.recv
+        pending = 0                        # as in _drain_router: bounded in bytes and time
+        deadline = time.monotonic() + PASS_TIME
         for _ in range(INPUT_BUDGET):
+            if pending >= FLUSH_BYTES:
+                self._flush()
+                pending = 0
+                if time.monotonic() >= deadline:
+                    return
             try:
                 recv(NOBLOCK)
             except zmq.Again:
                 return
             body = recv()
+            pending += len(body)
             try:
                 cmd = msgpack.unpackb(body, raw=False)
             except Exception:
