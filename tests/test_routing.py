@@ -216,3 +216,31 @@ def test_route_after_many_subscriptions_and_removals(n):
         t.remove(s)
     assert sorted(map(repr, t.route("m.x").local)) == sorted(repr((s.conn, s.sid)) for s in subs[1::2])
     assert t.subscriptions() == len(subs) - len(subs[::2])
+
+
+def test_names_with_the_same_subscriptions_share_one_route_and_stay_cached():
+    """Issue 10: 100,000 distinct names in flight must hit the route cache; a cached name
+    costs a dict slot, not a Route of its own."""
+    t = RoutingTable(owner_of=lambda name: 0)
+    c = Conn("c")
+    t.add(Subscription(c, 1, "n.*", None))
+    names = [f"n.{i}" for i in range(100_000)]
+    routes = {id(t.route(n)) for n in names}
+    assert len(routes) == 1 and t.route("n.5").local == [(c, 1)]
+    assert all(t._cache.get(n) is not None for n in names[:1000]), "the first names are still cached"
+    assert t.route("other").empty and t.route("other") is t.route("other2"), "one empty plan per owner"
+    t.add(Subscription(c, 2, "n.7", None))          # a change re-plans every name
+    assert sorted(t.route("n.7").local, key=lambda x: x[1]) == [(c, 1), (c, 2)]
+    assert t.route("n.8").local == [(c, 1)] and t.route("n.8") is not t.route("n.7")
+
+
+def test_shared_routes_keep_one_queue_group_rotation():
+    t = RoutingTable(owner_of=lambda name: 0)
+    members = [Conn(f"m{i}") for i in range(3)]
+    for i, m in enumerate(members):
+        t.add(Subscription(m, i, "jobs.*", "w"))
+    picks = Counter()
+    for i in range(300):
+        r = t.route(f"jobs.{i}")
+        picks[r.fast_groups[0][1].pick().conn.name] += 1
+    assert picks == {"m0": 100, "m1": 100, "m2": 100}

@@ -11,7 +11,12 @@ Sans-I/O.  Two kinds of interest live in one subject trie:
 
 `route(name)` resolves a name once into a `Route` (who gets a copy, which queue
 groups must pick one member) and caches it until the table changes, so the
-per-event cost on the hot path is one dict lookup plus the appends.
+per-event cost on the hot path is one dict lookup plus the appends.  Names that
+match the same subscriptions share one `Route` (every name nobody wants shares
+the owner's empty one), so a cache entry costs a dict slot, and the cache can
+hold enough names (`CACHE_LIMIT`) for a publisher cycling over 100,000 of them
+to hit it (issue 10: it used to be cleared every 65,536 names, and then every
+event paid a trie walk and a new Route).
 """
 from __future__ import annotations
 
@@ -128,26 +133,32 @@ def group_key(pattern: str, group: str) -> str:
 class RoutingTable:
     """Local subscriptions plus per-link interest, with a route cache."""
 
-    CACHE_LIMIT = 65536
+    CACHE_LIMIT = 262144     # names; cleared at this size (and on any change)
 
     def __init__(self, owner_of: Callable[[str], object] = lambda name: None):
         self._owner_of = owner_of
         self._trie = SubjectTrie()
         self._links: dict[tuple, LinkInterest] = {}
         self._cache: dict[str, Route] = {}
+        self._plans: dict[tuple, Route] = {}   # (owner, matches) -> the Route shared by those names
         self._cursors: dict[tuple, list] = {}   # (group key, which picker) -> rotation cursor
         self.local_count = 0
 
     # -- changes -----------------------------------------------------------
+    def _invalidate(self) -> None:
+        """Forget every resolved route (the same dict object stays: the worker holds its .get)."""
+        self._cache.clear()
+        self._plans.clear()
+
     def add(self, sub: Subscription) -> None:
         self._trie.insert(sub.pattern, sub)
         self.local_count += 1
-        self._cache.clear()
+        self._invalidate()
 
     def remove(self, sub: Subscription) -> None:
         if self._trie.remove(sub.pattern, sub):
             self.local_count -= 1
-            self._cache.clear()
+            self._invalidate()
 
     def add_link_interest(self, link, pattern: str, group: str | None, delta: int) -> int:
         """Apply a count delta for (link, pattern, group); returns the new count."""
@@ -162,9 +173,9 @@ class RoutingTable:
         if li.count <= 0:
             del self._links[key]
             self._trie.remove(pattern, li)
-            self._cache.clear()
+            self._invalidate()
             return 0
-        self._cache.clear()
+        self._invalidate()
         return li.count
 
     def replace_link(self, link, entries) -> None:
@@ -177,7 +188,7 @@ class RoutingTable:
         for key in [k for k in self._links if k[0] == link]:
             li = self._links.pop(key)
             self._trie.remove(li.pattern, li)
-        self._cache.clear()
+        self._invalidate()
 
     def apply_link_entries(self, link, entries, replace: bool) -> None:
         """Apply [pattern, group, n] entries for a link: counts if `replace`, else deltas."""
@@ -198,17 +209,26 @@ class RoutingTable:
         if r is None:
             r = self._build(name)
             if len(self._cache) >= self.CACHE_LIMIT:
-                self._cache.clear()
+                self._invalidate()
             self._cache[name] = r
         return r
 
     def _build(self, name: str) -> Route:
-        r = Route(self._owner_of(name))
+        owner = self._owner_of(name)
+        matches = self._trie.match(name)
+        key = (owner, *matches)   # the values hash by identity: same subscriptions, same plan
+        r = self._plans.get(key)
+        if r is None:
+            r = self._plans[key] = self._plan(owner, matches)
+        return r
+
+    def _plan(self, owner, matches: list) -> Route:
+        r = Route(owner)
         groups: dict[str, list] = {}
         pgroups: dict[str, list] = {}
         links = []
         peers = []
-        for m in self._trie.match(name):
+        for m in matches:
             if type(m) is Subscription:
                 if m.group is None:
                     r.local.append((m.conn, m.sid))
