@@ -197,6 +197,11 @@ def publish_result(sent: int, t_start: float, t_end: float, **extra) -> dict:
                 rate=sent / span if span > 0 else None, **extra)
 
 
+def cycle_names(prefix: str, count: int) -> list[str]:
+    """The distinct names a publisher cycles over: ``prefix.0`` .. ``prefix.<count-1>``."""
+    return [f"{prefix}.{i}" for i in range(count)]
+
+
 def payload(size: int) -> bytes:
     """Incompressible payload of ``size`` bytes (same for every system)."""
     return os.urandom(size)

@@ -11,7 +11,7 @@ import time
 
 import nats
 
-from tscale.bench.measure import (RecvCounter, Signals, atime_requests, payload,
+from tscale.bench.measure import (RecvCounter, Signals, atime_requests, cycle_names, payload,
                                   publish_result, wait_stop)
 
 FLUSH_TIMEOUT = 120
@@ -27,8 +27,9 @@ async def _connect(addr: str, name: str):
                               max_reconnect_attempts=0, connect_timeout=5)
 
 
-def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signals | None = None,
-                  topology: dict | None = None) -> dict:
+def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0,
+                  signals: Signals | None = None, topology: dict | None = None) -> dict:
+    """``names`` > 0: cycle over the names ``name.0`` .. ``name.<names-1>``."""
     signals = signals or Signals()
 
     async def main():
@@ -39,7 +40,11 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signa
             await asyncio.to_thread(signals.wait_go)
             publish = nc.publish
             t0 = time.monotonic()
-            for _ in range(count):
+            if names:
+                cycle = cycle_names(name, names)
+                for i in range(count):
+                    await publish(cycle[i % names], data)
+            for _ in range(0 if names else count):
                 await publish(name, data)
             await nc.flush(timeout=FLUSH_TIMEOUT)
             t1 = time.monotonic()

@@ -26,6 +26,7 @@ STOP_GRACE = 10.0
 class Pub:
     name: str
     count: int
+    names: int = 0             # > 0: cycle over this many distinct names name.0, name.1, ...
 
 
 @dataclass
@@ -109,6 +110,8 @@ class Runner:
             pubs = []
             for i, p in enumerate(flow.pubs):
                 args = dict(name=p.name, count=p.count, size=flow.size, topology=topology)
+                if p.names:
+                    args["names"] = p.names
                 pubs.append(self._spawn(rundir, "pub", system, server.pub_addr, args, f"pub{i}"))
             children += pubs
             self._all_ready(pubs)

@@ -146,6 +146,19 @@ def _pubsub_variants(c: Counts) -> list[Variant]:
             for size in (16, 128, 1024) + LARGE]
 
 
+MANY_NAMES = 100_000
+
+
+def _names(names: int):
+    """1 -> 1, 128 B, the publisher cycling over ``names`` distinct names (0: one name); the
+    subscriber takes them all with one wildcard."""
+    def build(n: int) -> Flow:
+        if not names:
+            return Flow(128, [Pub("bench.n.x", n)], [Sub("bench.n.*", n)], expected=n)
+        return Flow(128, [Pub("bench.n", n, names=names)], [Sub("bench.n.*", n)], expected=n)
+    return build
+
+
 NODE_WORKERS = 2   # tscale node of the isolation and many-subscriptions rows (NATS ignores it)
 
 
@@ -198,6 +211,14 @@ SCENARIOS: list[Scenario] = [
                  Variant(f"paced {c.paced_rate / 1000:g}k/s",
                          lambda r, s: r.reqrep(s, c.requests, 128, c.paced_rate)),
              ]),
+    Scenario("names", f"Many names: one publisher cycling over {MANY_NAMES:,} names, 128 B", THROUGHPUT, PUBSUB,
+             "1 → 1 through a wildcard subscription (bench.n.*): the publisher sends every event "
+             f"to the same name, or cycles over {MANY_NAMES:,} distinct names (each seen once "
+             "every 100,000 events).  Run back to back; compare each system's server CPU per "
+             "event between the two variants (target: tscale's growth no more than NATS's).",
+             lambda c: [Variant("1 name", _flow(_names(0), lambda c: c.events, c)),
+                        Variant(f"{MANY_NAMES:,} names", _flow(_names(MANY_NAMES), lambda c: c.events, c))],
+             only=("tscale", "nats"), paired=True),
     Scenario("isolation", "Latency isolation: request/reply paced 1k/s while a 1 → 1 flood runs on another name",
              ISOLATION, REQREP,
              "A publisher floods one name (128 B, as fast as the server takes it) to one subscriber; "

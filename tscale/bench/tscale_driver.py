@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tscale.bench.measure import (RecvCounter, Signals, payload, publish_result,
+from tscale.bench.measure import (RecvCounter, Signals, cycle_names, payload, publish_result,
                                   time_requests, wait_stop)
 
 FLUSH_TIMEOUT = 120.0
@@ -21,8 +21,9 @@ def _client(addr: str, name: str):
     return tscale.Client(addr, name=name)
 
 
-def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signals | None = None,
-                  topology: dict | None = None) -> dict:
+def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0,
+                  signals: Signals | None = None, topology: dict | None = None) -> dict:
+    """``names`` > 0: cycle over the names ``name.0`` .. ``name.<names-1>``."""
     signals = signals or Signals()
     client = _client(addr, "bench-pub")
     data = payload(size)
@@ -31,7 +32,11 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, signals: Signa
         signals.wait_go()
         publish = client.publish
         t0 = time.monotonic()
-        for _ in range(count):
+        if names:
+            cycle = cycle_names(name, names)
+            for i in range(count):
+                publish(cycle[i % names], data)
+        for _ in range(0 if names else count):
             publish(name, data)
         client.flush(timeout=FLUSH_TIMEOUT)
         t1 = time.monotonic()
