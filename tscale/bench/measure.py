@@ -102,6 +102,18 @@ class RecvCounter:
                     last=self.last, rate=rate, idled_out=self.idled_out, **extra)
 
 
+def merged_result(counters: list["RecvCounter"], **extra) -> dict:
+    """One subscriber result for several connections of one process: summed, first to last."""
+    firsts = [c.first for c in counters if c.first is not None]
+    lasts = [c.last for c in counters if c.last is not None]
+    received = sum(c.received for c in counters)
+    span = (max(lasts) - min(firsts)) if firsts else 0.0
+    expected = None if counters[0].expected is None else sum(c.expected for c in counters)
+    return dict(received=received, expected=expected, first=min(firsts) if firsts else None,
+                last=max(lasts) if lasts else None, rate=received / span if span > 0 else None,
+                idled_out=any(c.idled_out for c in counters), connections=len(counters), **extra)
+
+
 class Pacer:
     """Schedules one action every 1/rate seconds (no catch-up bursts)."""
 

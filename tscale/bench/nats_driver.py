@@ -11,7 +11,7 @@ import time
 
 import nats
 
-from tscale.bench.measure import (RecvCounter, Signals, atime_requests, cycle_names, payload,
+from tscale.bench.measure import (RecvCounter, Signals, atime_requests, cycle_names, merged_result, payload,
                                   publish_result, wait_stop)
 
 FLUSH_TIMEOUT = 120
@@ -84,9 +84,13 @@ def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Sign
 
 def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | None = None,
                    idle_timeout: float = 2.0, start_timeout: float = 15.0,
-                   signals: Signals | None = None, topology: dict | None = None) -> dict:
-    counter = RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout,
-                          signals=signals)
+                   signals: Signals | None = None, topology: dict | None = None,
+                   connections: int = 1) -> dict:
+    """``connections`` > 1: that many connections in this process's event loop, each
+    subscribed and counted on its own, reported as one result."""
+    signals = signals or Signals()
+    counters = [RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout, signals=signals)
+                for _ in range(max(1, connections))]
 
     async def main():
         errors = []
@@ -94,21 +98,26 @@ def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | N
         async def on_error(exc):  # slow-consumer drops are reported, not raised
             errors.append(repr(exc))
 
-        nc = await nats.connect(_url(addr), name="bench-sub", allow_reconnect=False,
-                                error_cb=on_error, connect_timeout=5)
-        hit = counter.hit
-
-        async def cb(msg):
-            hit()
-
+        conns = []
         try:
-            await nc.subscribe(pattern, queue=queue or "", cb=cb)
-            await nc.flush()  # the server has the interest once the PONG is back
-            counter.signals.ready()
-            await counter.await_finished()
+            for counter in counters:
+                nc = await nats.connect(_url(addr), name="bench-sub", allow_reconnect=False,
+                                        error_cb=on_error, connect_timeout=5)
+                conns.append(nc)
+
+                async def cb(msg, hit=counter.hit):
+                    hit()
+
+                await nc.subscribe(pattern, queue=queue or "", cb=cb)
+                await nc.flush()  # the server has the interest once the PONG is back
+            signals.ready()
+            for counter in counters:
+                await counter.await_finished()
         finally:
-            await nc.close()
-        return counter.result(client_errors=len(errors), first_client_error=errors[0] if errors else None)
+            for nc in conns:
+                await nc.close()
+        extra = dict(client_errors=len(errors), first_client_error=errors[0] if errors else None)
+        return counters[0].result(**extra) if len(counters) == 1 else merged_result(counters, **extra)
 
     return asyncio.run(main())
 

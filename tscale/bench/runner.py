@@ -34,6 +34,7 @@ class Sub:
     pattern: str
     count: int | None          # None: a queue-group member, stops on idle
     queue: str | None = None
+    connections: int = 1       # connections (clients) in this subscriber process, count each
 
 
 @dataclass
@@ -104,6 +105,8 @@ class Runner:
                             idle_timeout=t.idle_timeout, start_timeout=t.start_timeout)
                 if flow.confirm:
                     args["confirm"] = flow.confirm
+                if s.connections > 1:
+                    args["connections"] = s.connections
                 subs.append(self._spawn(rundir, "sub", system, server.sub_addr, args, f"sub{i}"))
             children += subs
             self._all_ready(subs)

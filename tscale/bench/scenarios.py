@@ -159,6 +159,19 @@ def _names(names: int):
     return build
 
 
+COPY_PROCESSES = 4
+
+
+def _copies(connections: int):
+    """1 -> ``connections`` subscriber connections on one name, spread over 4 processes."""
+    def build(n: int) -> Flow:
+        per = [connections // COPY_PROCESSES + (1 if i < connections % COPY_PROCESSES else 0)
+               for i in range(COPY_PROCESSES)]
+        return Flow(128, [Pub("bench.x", n)], [Sub("bench.x", n, connections=k) for k in per if k],
+                    expected=n * connections)
+    return build
+
+
 NODE_WORKERS = 2   # tscale node of the isolation and many-subscriptions rows (NATS ignores it)
 
 
@@ -218,6 +231,15 @@ SCENARIOS: list[Scenario] = [
              "event between the two variants (target: tscale's growth no more than NATS's).",
              lambda c: [Variant("1 name", _flow(_names(0), lambda c: c.events, c)),
                         Variant(f"{MANY_NAMES:,} names", _flow(_names(MANY_NAMES), lambda c: c.events, c))],
+             only=("tscale", "nats"), paired=True),
+    Scenario("copies", "Per-copy cost: 1 publisher → 10 and → 100 subscriber connections, 128 B", THROUGHPUT,
+             PUBSUB,
+             "One publisher on one name; the subscriber connections (each its own client, "
+             "counting on its own) are spread over 4 processes.  Server CPU is per delivered "
+             "copy; compare it between the variants (target: flat from 10 to 100).  Each "
+             "variant publishes fan-out events ÷ 2.",
+             lambda c: [Variant(f"1 → {k} connections", _flow(_copies(k), lambda c: c.fanout_events // 2, c))
+                        for k in (10, 100)],
              only=("tscale", "nats"), paired=True),
     Scenario("isolation", "Latency isolation: request/reply paced 1k/s while a 1 → 1 flood runs on another name",
              ISOLATION, REQREP,

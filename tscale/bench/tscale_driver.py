@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from tscale.bench.measure import (RecvCounter, Signals, cycle_names, payload, publish_result,
+from tscale.bench.measure import (RecvCounter, Signals, cycle_names, merged_result, payload, publish_result,
                                   time_requests, wait_stop)
 
 FLUSH_TIMEOUT = 120.0
@@ -71,22 +71,29 @@ def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Sign
 def run_subscriber(addr: str, pattern: str, count: int | None, *, queue: str | None = None,
                    idle_timeout: float = 2.0, start_timeout: float = 15.0,
                    signals: Signals | None = None, topology: dict | None = None,
-                   confirm: str | None = None) -> dict:
+                   confirm: str | None = None, connections: int = 1) -> dict:
     """``confirm="cluster"``: READY only once every reachable node has the interest (a
-    publisher on another node of the cluster then misses nothing); default: this node."""
-    counter = RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout,
-                          signals=signals)
-    client = _client(addr, "bench-sub")
+    publisher on another node of the cluster then misses nothing); default: this node.
+    ``connections`` > 1: that many clients in this process, each subscribed and counted
+    on its own (``count`` each), reported as one result."""
+    signals = signals or Signals()
+    counters = [RecvCounter(count, idle_timeout=idle_timeout, start_timeout=start_timeout, signals=signals)
+                for _ in range(max(1, connections))]
+    clients = []
     try:
-        hit = counter.hit
         extra = {"confirm": confirm} if confirm else {}
-        client.subscribe(pattern, queue=queue, cb=lambda msg: hit(), **extra)
-        counter.signals.ready()
-        while not counter.wait(0.1):
-            pass
+        for counter in counters:
+            client = _client(addr, "bench-sub")
+            clients.append(client)
+            client.subscribe(pattern, queue=queue, cb=lambda msg, hit=counter.hit: hit(), **extra)
+        signals.ready()
+        for counter in counters:
+            while not counter.wait(0.1):
+                pass
     finally:
-        client.close()
-    return counter.result()
+        for client in clients:
+            client.close()
+    return counters[0].result() if len(counters) == 1 else merged_result(counters)
 
 
 def run_requester(addr: str, name: str, count: int, size: int, *, rate: float | None = None,
