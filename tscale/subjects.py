@@ -156,24 +156,21 @@ class SubjectTrie:
             node = nxt
         last = toks[-1]
         if last == ">":
-            target = node.tail
-            if target is None or value not in target:
-                return False
-            target.discard(value)
-            if not target:
-                node.tail = None
+            holder, field = node, "tail"
         else:
-            leaf = node.star if last == "*" else (node.children or _NO_CHILDREN).get(last)
-            if leaf is None:
+            holder = node.star if last == "*" else (node.children or _NO_CHILDREN).get(last)
+            if holder is None:
                 return False
-            target = leaf.values
-            if target is None or value not in target:
-                return False
-            target.discard(value)
-            if not target:
-                leaf.values = None
+            field = "values"
+        target = getattr(holder, field)
+        if target is None or value not in target:
+            return False
+        target.discard(value)
+        if not target:
+            setattr(holder, field, None)
+        if holder is not node:
             path.append((node, last))
-            node = leaf
+            node = holder
         self._count -= 1
         while path and node.empty():
             parent, tok = path.pop()

@@ -1,6 +1,6 @@
 """One benchmark client process: ``python -m tscale.bench.driver ROLE SYSTEM ADDR ARGS_JSON``.
 
-ROLE is one of pub, flood (publish for a while), sub, req, rep, subs (hold many subscriptions), conns (hold many
+ROLE is one of pub, sub, req, rep, subs (hold many subscriptions), conns (hold many
 connections); SYSTEM names the module ``tscale.bench.<SYSTEM>_driver`` whose function
 does the work.  This wrapper owns the line protocol with the harness (see ``procs``)
 and adds the process's own CPU time from GO to the end to the result, so each
@@ -20,7 +20,6 @@ from tscale.bench.measure import Signals
 
 ROLES = {
     "pub": "run_publisher",
-    "flood": "run_flood",
     "sub": "run_subscriber",
     "req": "run_requester",
     "rep": "run_responder",

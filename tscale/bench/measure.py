@@ -209,6 +209,19 @@ def publish_result(sent: int, t_start: float, t_end: float, **extra) -> dict:
                 rate=sent / span if span > 0 else None, **extra)
 
 
+def chunks(count: int | None, duration: float | None, t0: float, stop: threading.Event, size: int = 1000):
+    """Sizes of a publisher's chunks: until ``count`` events (None: no limit), ``duration``
+    seconds after ``t0`` (None: no limit) or STOP, whichever comes first."""
+    end = None if duration is None else t0 + duration
+    sent = 0
+    while count is None or sent < count:
+        if stop.is_set() or (end is not None and time.monotonic() >= end):
+            return
+        n = size if count is None else min(size, count - sent)
+        yield n
+        sent += n
+
+
 def cycle_names(prefix: str, count: int) -> list[str]:
     """The distinct names a publisher cycles over: ``prefix.0`` .. ``prefix.<count-1>``."""
     return [f"{prefix}.{i}" for i in range(count)]

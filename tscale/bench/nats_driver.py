@@ -11,11 +11,10 @@ import time
 
 import nats
 
-from tscale.bench.measure import (RecvCounter, Signals, atime_requests, cycle_names, merged_result, payload,
-                                  publish_result, wait_stop)
+from tscale.bench.measure import (RecvCounter, Signals, atime_requests, chunks, cycle_names, merged_result,
+                                  payload, publish_result, wait_stop)
 
 FLUSH_TIMEOUT = 120
-FLOOD_CHUNK = 1000   # events published between two looks at the clock
 
 
 def _url(addr: str) -> str:
@@ -27,9 +26,10 @@ async def _connect(addr: str, name: str):
                               max_reconnect_attempts=0, connect_timeout=5)
 
 
-def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0,
-                  signals: Signals | None = None, topology: dict | None = None) -> dict:
-    """``names`` > 0: cycle over the names ``name.0`` .. ``name.<names-1>``."""
+def run_publisher(addr: str, name: str, count: int | None, size: int, *, names: int = 0,
+                  duration: float | None = None, signals: Signals | None = None,
+                  topology: dict | None = None) -> dict:
+    """``names`` and ``duration`` as in ``tscale_driver.run_publisher``."""
     signals = signals or Signals()
 
     async def main():
@@ -40,39 +40,17 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0
             await asyncio.to_thread(signals.wait_go)
             publish = nc.publish
             t0 = time.monotonic()
-            if names:
-                cycle = cycle_names(name, names)
-                for i in range(count):
-                    await publish(cycle[i % names], data)
-            for _ in range(0 if names else count):
-                await publish(name, data)
-            await nc.flush(timeout=FLUSH_TIMEOUT)
-            t1 = time.monotonic()
-        finally:
-            await nc.close()
-        return publish_result(count, t0, t1)
-
-    return asyncio.run(main())
-
-
-def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Signals | None = None,
-              topology: dict | None = None) -> dict:
-    """Publish as fast as the server takes it for ``duration`` seconds after GO (or until STOP)."""
-    signals = signals or Signals()
-
-    async def main():
-        nc = await _connect(addr, "bench-flood")
-        data = payload(size)
-        try:
-            signals.ready()
-            await asyncio.to_thread(signals.wait_go)
-            publish = nc.publish
-            t0 = time.monotonic()
-            end, sent, stop = t0 + duration, 0, signals.stop
-            while time.monotonic() < end and not stop.is_set():
-                for _ in range(FLOOD_CHUNK):
+            if not names and duration is None:
+                for _ in range(count):
                     await publish(name, data)
-                sent += FLOOD_CHUNK
+                sent = count
+            else:
+                cycle = cycle_names(name, names) if names else [name]
+                sent = 0
+                for n in chunks(count, duration, t0, signals.stop):
+                    for i in range(sent, sent + n):
+                        await publish(cycle[i % len(cycle)], data)
+                    sent += n
             await nc.flush(timeout=FLUSH_TIMEOUT)
             t1 = time.monotonic()
         finally:

@@ -238,25 +238,35 @@ def _throughput_section(rows: list[dict], scenario) -> list[str]:
     return out
 
 
+def _measured(rows: list[dict], failures: list[dict]):
+    """(variant, row, NATS's row of that variant) for every row with runs, variant by variant;
+    rows without runs go to ``failures``."""
+    for variant in _variants(rows):
+        nats = _find(rows, "nats", variant)
+        for row in _sorted([r for r in rows if r["variant"] == variant]):
+            if row["runs"]:
+                yield variant, row, nats
+            else:
+                failures.append(row)
+
+
+def _section(header: list[str], lines: list[list[str]], failures: list[dict]) -> list[str]:
+    out = _table(header, lines) if lines else []
+    return out + [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
+
+
 def _latency_section(rows: list[dict]) -> list[str]:
     header = ["system", "mode", "p50 µs", "p99 µs", "p99.9 µs", "p50 ÷ NATS", "errors",
               "server CPU µs/request"]
     lines, failures = [], []
-    for variant in _variants(rows):
-        nats = _find(rows, "nats", variant)
-        for row in _sorted([r for r in rows if r["variant"] == variant]):
-            if not row["runs"]:
-                failures.append(row)
-                continue
-            s = row["summary"]
-            errors = s.get("errors", {}).get("max", 0)
-            lines.append([f"**{_label(row['system'])}**", variant, _stat(s, "p50", _us),
-                          _stat(s, "p99", _us), _stat(s, "p999", _us),
-                          _ratio(_med(row, "p50"), _med(nats, "p50")), f"{errors:,}",
-                          _stat(s, "server_cpu_us", _us)])
-    out = _table(header, lines) if lines else []
-    out += [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
-    return out
+    for variant, row, nats in _measured(rows, failures):
+        s = row["summary"]
+        errors = s.get("errors", {}).get("max", 0)
+        lines.append([f"**{_label(row['system'])}**", variant, _stat(s, "p50", _us),
+                      _stat(s, "p99", _us), _stat(s, "p999", _us),
+                      _ratio(_med(row, "p50"), _med(nats, "p50")), f"{errors:,}",
+                      _stat(s, "server_cpu_us", _us)])
+    return _section(header, lines, failures)
 
 
 def _isolation_section(rows: list[dict]) -> list[str]:
@@ -266,43 +276,31 @@ def _isolation_section(rows: list[dict]) -> list[str]:
     variants = _variants(rows)
     alone = variants[0] if variants else ""
     lines, failures = [], []
-    for variant in variants:
-        nats = _find(rows, "nats", variant)
-        for row in _sorted([r for r in rows if r["variant"] == variant]):
-            if not row["runs"]:
-                failures.append(row)
-                continue
-            s = row["summary"]
-            timed = variant != alone
-            paired = _paired_ratios(rows, row["system"], alone, variant) if timed else []
-            lines.append([f"**{_label(row['system'])}**", variant]
-                         + ([_stat(s, k, _us) for k in ("p50", "p99", "p999", "max")]
-                            + [_ratio(_med(row, "p99"), _med(nats, "p99")),
-                               f"{s.get('errors', {}).get('max', 0):,}"] if timed else ["—"] * 6)
-                         + [_stat(s, "rate", _rate), _ratio_range(paired) if paired else "—",
-                            f"{s.get('lost', {}).get('max', 0):,}", _stat(s, "server_cpu_us", _us)])
-    out = _table(header, lines) if lines else []
-    out += [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
-    return out
+    for variant, row, nats in _measured(rows, failures):
+        s = row["summary"]
+        timed = variant != alone
+        paired = _paired_ratios(rows, row["system"], alone, variant) if timed else []
+        lines.append([f"**{_label(row['system'])}**", variant]
+                     + ([_stat(s, k, _us) for k in ("p50", "p99", "p999", "max")]
+                        + [_ratio(_med(row, "p99"), _med(nats, "p99")),
+                           f"{s.get('errors', {}).get('max', 0):,}"] if timed else ["—"] * 6)
+                     + [_stat(s, "rate", _rate), _ratio_range(paired) if paired else "—",
+                        f"{s.get('lost', {}).get('max', 0):,}", _stat(s, "server_cpu_us", _us)])
+    return _section(header, lines, failures)
 
 
 def _subscriptions_section(rows: list[dict]) -> list[str]:
     header = ["system", "variant", "setup s", "setup × NATS", "idle server CPU % of a core",
               "RSS per subscription", "RSS per subscription × NATS"]
     lines, failures = [], []
-    for row in _sorted(rows):
-        if not row["runs"]:
-            failures.append(row)
-            continue
-        s, nats = row["summary"], _find(rows, "nats", row["variant"])
-        lines.append([f"**{_label(row['system'])}**", row["variant"], _stat(s, "setup_s", lambda v: f"{v:.2f}"),
+    for variant, row, nats in _measured(rows, failures):
+        s = row["summary"]
+        lines.append([f"**{_label(row['system'])}**", variant, _stat(s, "setup_s", lambda v: f"{v:.2f}"),
                       _ratio(_med(row, "setup_s"), _med(nats, "setup_s")),
                       _stat(s, "idle_cpu_pct", lambda v: f"{v:.1f}"),
                       _stat(s, "rss_per_sub", lambda v: f"{v:,.0f} B"),
                       _ratio(_med(row, "rss_per_sub"), _med(nats, "rss_per_sub"))])
-    out = _table(header, lines) if lines else []
-    out += [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
-    return out
+    return _section(header, lines, failures)
 
 
 def _cpu_per_event(results: dict, system: str):

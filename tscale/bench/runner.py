@@ -216,8 +216,8 @@ class Runner:
                 children.append(self._spawn(rundir, "rep", system, server.addr, dict(name=ISOLATION_REQUESTS),
                                             "rep"))
             self._all_ready(children)
-            flood = self._spawn(rundir, "flood", system, server.addr,
-                                dict(name=flood_name, size=flood_size, duration=duration), "flood")
+            flood = self._spawn(rundir, "pub", system, server.addr,
+                                dict(name=flood_name, count=None, size=flood_size, duration=duration), "flood")
             second = [flood]
             if with_requests:
                 req = self._spawn(rundir, "req", system, server.addr,

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import time
 
-from tscale.bench.measure import (RecvCounter, Signals, cycle_names, merged_result, payload, publish_result,
-                                  time_requests, wait_stop)
+from tscale.bench.measure import (RecvCounter, Signals, chunks, cycle_names, merged_result, payload,
+                                  publish_result, time_requests, wait_stop)
 
 FLUSH_TIMEOUT = 120.0
-FLOOD_CHUNK = 1000   # events published between two looks at the clock
 
 
 def _client(addr: str, name: str):
@@ -21,9 +20,12 @@ def _client(addr: str, name: str):
     return tscale.Client(addr, name=name)
 
 
-def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0,
-                  signals: Signals | None = None, topology: dict | None = None) -> dict:
-    """``names`` > 0: cycle over the names ``name.0`` .. ``name.<names-1>``."""
+def run_publisher(addr: str, name: str, count: int | None, size: int, *, names: int = 0,
+                  duration: float | None = None, signals: Signals | None = None,
+                  topology: dict | None = None) -> dict:
+    """``names`` > 0: cycle over the names ``name.0`` .. ``name.<names-1>``; ``duration``:
+    stop that many seconds after GO (or at STOP) even if ``count`` (None: no limit) events
+    have not all gone out (the flood of the isolation row)."""
     signals = signals or Signals()
     client = _client(addr, "bench-pub")
     data = payload(size)
@@ -32,35 +34,17 @@ def run_publisher(addr: str, name: str, count: int, size: int, *, names: int = 0
         signals.wait_go()
         publish = client.publish
         t0 = time.monotonic()
-        if names:
-            cycle = cycle_names(name, names)
-            for i in range(count):
-                publish(cycle[i % names], data)
-        for _ in range(0 if names else count):
-            publish(name, data)
-        client.flush(timeout=FLUSH_TIMEOUT)
-        t1 = time.monotonic()
-    finally:
-        client.close()
-    return publish_result(count, t0, t1)
-
-
-def run_flood(addr: str, name: str, size: int, duration: float, *, signals: Signals | None = None,
-              topology: dict | None = None) -> dict:
-    """Publish as fast as the node takes it for ``duration`` seconds after GO (or until STOP)."""
-    signals = signals or Signals()
-    client = _client(addr, "bench-flood")
-    data = payload(size)
-    try:
-        signals.ready()
-        signals.wait_go()
-        publish = client.publish
-        t0 = time.monotonic()
-        end, sent, stop = t0 + duration, 0, signals.stop
-        while time.monotonic() < end and not stop.is_set():
-            for _ in range(FLOOD_CHUNK):
+        if not names and duration is None:   # the plain loop: its CPU per event is reported
+            for _ in range(count):
                 publish(name, data)
-            sent += FLOOD_CHUNK
+            sent = count
+        else:
+            cycle = cycle_names(name, names) if names else [name]
+            sent = 0
+            for n in chunks(count, duration, t0, signals.stop):
+                for i in range(sent, sent + n):
+                    publish(cycle[i % len(cycle)], data)
+                sent += n
         client.flush(timeout=FLUSH_TIMEOUT)
         t1 = time.monotonic()
     finally:
