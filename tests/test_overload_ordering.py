@@ -7,6 +7,8 @@ import random
 import pytest
 
 from conftest import DEADLINE, Node, name_for, uniq, wait_until
+from tscale import protocol
+from tscale.protocol import pack
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +92,22 @@ def test_one_publisher_one_name_in_order(node2, clients, raws, publisher, owner)
     for i, r in enumerate(raw_subs):
         seq = [int(e[2]) for e in r.events]
         assert seq == list(range(N_ORDER)), f"simple subscriber on port {i}: out of order or missing"
+
+
+def test_output_is_flushed_per_64_kib_of_input(busy_node, raws):
+    """Issue 10: one busy connection must not hold back every other connection's output for
+    32 of its frames.  A burst of 40 PUB frames of ~100 KB (500 events of 200 B each) reaches
+    the subscriber in MSG frames of at most one input frame's events: the worker flushes as
+    soon as 64 KiB of input has been processed, not after 32 frames."""
+    name = name_for(0, 2, uniq("burst"))
+    sub = raws(busy_node.ports[0], name="burst-sub")
+    sub.sub(name)
+    pub = raws(busy_node.ports[0], name="burst-pub")
+    per_frame, frames = 500, 40
+    frame = pack([protocol.PUB] + [name, b"x" * 200, None] * per_frame)
+    for _ in range(frames):
+        pub.send_bytes(frame)
+    sub.wait_for(lambda c: len(sub.events) >= per_frame * frames, what="every event of the burst")
+    sizes = [(len(f) - 1) // 4 for f in sub.frames if f[0] == protocol.MSG]
+    assert sum(sizes) == per_frame * frames
+    assert max(sizes) <= per_frame, f"MSG frames of up to {max(sizes)} events: output held back"
