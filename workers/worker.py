@@ -191,7 +191,7 @@ class Worker:
                 ident = recv(NOBLOCK)
             except zmq.Again:
                 return
-            frame = recv()
+            frame = recv(copy=False)   # decoded from libzmq's buffer: a large frame is not copied first
             conn = conns.get(ident)
             if conn is None:
                 conn = conns[ident] = Connection(ident, self.now)
@@ -203,7 +203,7 @@ class Worker:
                     recv()
                 self._error(conn, protocol.E_MALFORMED, "send one frame per command (DEALER, no envelope)")
                 continue
-            self._dispatch(conn, frame)
+            self._dispatch(conn, frame.buffer)
             pending += len(frame)
             if pending >= FLUSH_BYTES or k % FLUSH_EVERY == FLUSH_EVERY - 1:
                 self._flush()
@@ -211,7 +211,7 @@ class Worker:
                 if time.monotonic() >= deadline:
                     return
 
-    def _dispatch(self, conn: Connection, frame: bytes):
+    def _dispatch(self, conn: Connection, frame):
         try:
             cmd = decode_client(frame)   # every field checked: handlers below trust the tuple
         except ProtocolError as exc:
