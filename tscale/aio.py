@@ -189,8 +189,8 @@ class Client(CoreView):
 
     async def _reader(self, k: int, s):
         while True:
-            frame = await s.recv()
-            cmd = self._core.decode(frame, k)    # every field checked; bad events already dropped
+            frame = await s.recv(copy=False)   # decoded from libzmq's buffer, not copied first
+            cmd = self._core.decode(frame.buffer, k)    # every field checked; bad events already dropped
             if cmd is None:
                 continue
             code = cmd[0]

@@ -331,10 +331,10 @@ class Client(CoreView):
     def _drain(self, k: int, s: zmq.Socket):
         for _ in range(256):
             try:
-                frame = s.recv(NOBLOCK)
+                frame = s.recv(NOBLOCK, copy=False)   # decoded from libzmq's buffer, not copied first
             except zmq.Again:
                 return
-            cmd = self._core.decode(frame, k)    # every field checked; bad events already dropped
+            cmd = self._core.decode(frame.buffer, k)    # every field checked; bad events already dropped
             if cmd is None:
                 continue
             code = cmd[0]
