@@ -13,10 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tscale import frames, protocol
-from tscale.frames import (MAX_ANY_ITEMS, MAX_DEPTH, MAX_MAP_LEN, any_error, clean_msg, decode_client, decode_node,
-                           keys_error, meta_error, payload_error)
-from tscale.protocol import (BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED, E_UNKNOWN_COMMAND, ERR,
-                             HELLO, MSG, OK, PEER_EVENTS, PING, PONG, PUB, STATUS, STATUS_REPLY, SUB, UNSUB, WELCOME,
+from tscale.frames import (MAX_ANY_ITEMS, MAX_DEPTH, MAX_MAP_LEN, any_error, clean_msg, decode_beacon, decode_client,
+                           decode_control, decode_node, keys_error, member_error, meta_error, payload_error)
+from tscale.protocol import (ACCEPT, ATTACH, BYE, CTL_BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED,
+                             E_UNKNOWN_COMMAND, ERR, HB, HELLO, INTEREST, MEMBERS, MSG, OK, PEER_EVENTS, PING, PONG,
+                             PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SYNC, SYNC_ACK, UNSUB, WELCOME,
                              ProtocolError)
 
 CLIENT_CODES = {E_MALFORMED, E_UNKNOWN_COMMAND, E_BAD_VERSION, E_BAD_SID, E_BAD_PATTERN}
@@ -358,3 +359,85 @@ def test_big_header_counts():
     hdrs = {f"k{i}": "v" for i in range(MAX_MAP_LEN)}
     cmd = decode_client(pack([PUB, "a", b"", [hdrs, None]]))
     assert meta_error(cmd[3]) is None
+
+
+# ----------------------------------------------------------------------------- cluster control port
+MEMBER = {"id": "ab" * 8, "name": "n", "cluster": "tscale", "host": "127.0.0.1", "port": 7400, "ctl": 7402,
+          "workers": 2, "started": 1.5, "v": 1, "hb": 3, "kids": 0, "stats": {"events_in": 1}, "new": [1]}
+
+
+def test_control_frames_decode_to_typed_tuples():
+    other = dict(MEMBER, id="cd" * 8)
+    assert decode_control(pack([PROBE, MEMBER, [MEMBER, other]])) == (PROBE, MEMBER, [MEMBER, other])
+    assert decode_control(pack([MEMBERS, MEMBER, []])) == (MEMBERS, MEMBER, [])
+    assert decode_control(pack([ATTACH, MEMBER, []])) == (ATTACH, MEMBER, [], False)
+    assert decode_control(pack([ATTACH, MEMBER, [], True])) == (ATTACH, MEMBER, [], True)
+    assert decode_control(pack([ATTACH, MEMBER, [], 1])) == (ATTACH, MEMBER, [], False)
+    assert decode_control(pack([ACCEPT, MEMBER, [other]])) == (ACCEPT, MEMBER, [other])
+    assert decode_control(pack([REFUSE, MEMBER, "full", []])) == (REFUSE, MEMBER, "full", [])
+    assert decode_control(pack([REFUSE, MEMBER, ["x"], []])) == (REFUSE, MEMBER, "", [])
+    assert decode_control(pack([HB, None, 1.5, None])) == (HB, None, 1.5, None)
+    assert decode_control(pack([HB, [MEMBER], None, 2])) == (HB, [MEMBER], None, 2)
+    entries = [["a.>", None, 2], ["b", "g", -1]]
+    assert decode_control(pack([INTEREST, 4, True, entries])) == (INTEREST, 4, True, entries)
+    assert decode_control(pack([RESYNC])) == (RESYNC,)
+    assert decode_control(pack([SYNC, 9])) == (SYNC, 9)
+    assert decode_control(pack([SYNC_ACK, 9])) == (SYNC_ACK, 9)
+    assert decode_control(pack([CTL_BYE])) == (CTL_BYE,)
+
+
+def test_bad_member_entries_are_dropped_from_gossip():
+    bad = [dict(MEMBER, workers=10 ** 9), dict(MEMBER, port=0), dict(MEMBER, id=["x"]), dict(MEMBER, host=5),
+           dict(MEMBER, hb="1"), dict(MEMBER, stats={"events_in": "1"}), dict(MEMBER, kids=-1), "entry", None,
+           {k: v for k, v in MEMBER.items() if k != "ctl"}, dict(MEMBER, cluster="c" * 200)]
+    for b in bad:
+        assert member_error(b), b
+    assert decode_control(pack([PROBE, MEMBER, bad + [MEMBER]])) == (PROBE, MEMBER, [MEMBER])
+    for b in bad:
+        refused(pack([PROBE, b, []]), decode=decode_control)
+
+
+@pytest.mark.parametrize("frame", [
+    [PROBE], [PROBE, MEMBER], [PROBE, MEMBER, "members"], [PROBE, MEMBER, [MEMBER] * 4097],
+    [HB], [HB, None, "t", None], [HB, None, None, [1]], [HB, "m", None, None],
+    [INTEREST, "1", True, []], [INTEREST, 1, True, [["a b", None, 1]]], [INTEREST, 1, True, [["a", 5, 1]]],
+    [INTEREST, 1, True, [["a", None, "1"]]], [INTEREST, 1, True, [["a", None]]], [INTEREST, 1, True, {}],
+    [SYNC], [SYNC, "t"], [SYNC_ACK, None], [REFUSE, MEMBER, "why"],
+])
+def test_control_frame_shapes(frame):
+    refused(pack(frame), decode=decode_control)
+
+
+@pytest.mark.parametrize("code", [100, 112, 1, 16, -1])
+def test_unknown_control_codes(code):
+    refused(pack([code, MEMBER, []]), E_UNKNOWN_COMMAND, decode=decode_control)
+
+
+@settings(max_examples=800, deadline=None)
+@given(code=st.sampled_from([PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, CTL_BYE]),
+       rest=st.lists(field | st.just(MEMBER) | st.lists(st.just(MEMBER) | field, max_size=3), max_size=5))
+def test_every_control_frame_with_any_field_types(code, rest):
+    try:
+        frame = pack([code, *rest])
+    except (ValueError, OverflowError):
+        return
+    try:
+        cmd = decode_control(frame)
+    except ProtocolError:
+        return
+    assert cmd[0] == code
+    if code in (PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE):
+        assert member_error(cmd[1]) is None and all(member_error(m) is None for m in cmd[-2 if code == ATTACH
+                                                                                        else -1])
+    elif code == HB:
+        assert cmd[1] is None or all(member_error(m) is None for m in cmd[1])
+
+
+def test_beacons():
+    good = {"v": 1, "c": "tscale", "id": "ab" * 8, "p": 7400, "k": 7402, "bye": False}
+    assert decode_beacon(pack(good)) == ("ab" * 8, "tscale", 7402, False)
+    assert decode_beacon(pack(dict(good, bye=True)))[3] is True
+    for change in ({"id": ["x"]}, {"id": ""}, {"c": 5}, {"k": "7402"}, {"k": 0}, {"k": 70000}, {"bye": 1}):
+        assert decode_beacon(pack(dict(good, **change))) is None, change
+    for body in (b"", b"\xc1", pack([1]), pack("x"), nested(1000)):
+        assert decode_beacon(body) is None

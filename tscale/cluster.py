@@ -24,18 +24,18 @@ import random
 import socket
 import time
 
-import msgpack
 import psutil
 import zmq
 
 from . import bus
 from .client_core import ClientCore
 from .config import parse_hostport
+from .frames import decode_beacon, decode_control, decode_node
 from .interest import InterestTable
 from .overlay import Overlay
-from .protocol import pack
-
-PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, BYE = range(101, 112)
+from .protocol import ACCEPT, ATTACH, HB, INTEREST, MEMBERS, PROBE, REFUSE, RESYNC, SYNC, SYNC_ACK, WELCOME, pack
+from .protocol import CTL_BYE as BYE
+from .protocol import ProtocolError
 
 HB_EVERY = 0.5
 BEACON_EVERY = 1.0
@@ -45,6 +45,7 @@ ATTACH_TIMEOUT = 1.0
 PROBE_TIMEOUT = 2.0
 BARRIER_TIMEOUT = 3.0
 BEACON_MAGIC = b"TSCALE1\x00"
+BAD_LOG_EVERY = 5.0       # seconds between two log lines about undecodable control input
 
 log = logging.getLogger("cluster")
 
@@ -91,6 +92,8 @@ class ClusterControl:
         self.udp: socket.socket | None = None
         self.rnd = random.Random()
         self.seeks = 0
+        self.bad_frames = 0       # control frames and beacons that failed frames.decode_*, dropped
+        self.bad_logged = -1e9
 
     # -- sockets ----------------------------------------------------------------
     def open(self, poller: zmq.Poller):
@@ -284,10 +287,12 @@ class ClusterControl:
                 return
             except ValueError:
                 continue
+            cmd = self._decode(frame.bytes, "control port")
             try:
-                cmd = msgpack.unpackb(frame.bytes, raw=False)
                 mid = ident.bytes.decode()
-            except Exception:
+            except UnicodeDecodeError:
+                cmd = self._bad("control port", "routing id is not UTF-8")
+            if cmd is None:
                 continue
             peer_ip = frame.get("Peer-Address")
             self._on_message(mid, cmd, now, peer_ip, via_router=True)
@@ -298,13 +303,27 @@ class ClusterControl:
                 frame = self.parent_sock.recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            try:
-                cmd = msgpack.unpackb(frame.bytes, raw=False)
-            except Exception:
+            cmd = self._decode(frame.bytes, "parent link")
+            if cmd is None:
                 continue
             mid = self.overlay.parent or self.overlay.pending_parent
             if mid is not None:
                 self._on_message(mid, cmd, now, frame.get("Peer-Address"), via_router=False)
+
+    def _decode(self, frame: bytes, where: str):
+        """frames.decode_control, counting and logging (rate-limited) what it refuses."""
+        try:
+            return decode_control(frame)
+        except ProtocolError as exc:
+            return self._bad(where, exc.message)
+
+    def _bad(self, where: str, why: str) -> None:
+        self.bad_frames += 1
+        now = time.monotonic()
+        if now - self.bad_logged >= BAD_LOG_EVERY:
+            self.bad_logged = now
+            log.warning("dropped undecodable cluster input (%s): %s; %d so far", where, why, self.bad_frames)
+        return None
 
     def _fix_host(self, info: dict, peer_ip: str | None):
         if not info.get("host") and peer_ip:
@@ -400,17 +419,21 @@ class ClusterControl:
             return
         self._drop_socket(s)
         del self.probes[ep]
-        try:
-            cmd = msgpack.unpackb(frame.bytes, raw=False)
-        except Exception:
+        if kind == "seed":   # a seed's worker answers our HELLO with WELCOME: now probe its control port
+            try:
+                cmd = decode_node(frame.bytes)
+            except ProtocolError as exc:
+                self._bad("seed " + ep, exc.message)
+                return
+            if cmd[0] == WELCOME:
+                info = cmd[2]
+                host = ep.rsplit(":", 1)[0].removeprefix("tcp://")
+                ctl = info.get("ctl_port")
+                if type(ctl) is int and 0 < ctl < 65536 and info.get("node_id") != self.overlay.id:
+                    self._probe(f"tcp://{host}:{ctl}", now)
             return
-        if kind == "seed" and cmd[0] == 16:   # WELCOME from a seed's worker: now probe its control port
-            info = cmd[2]
-            host = ep.rsplit(":", 1)[0].removeprefix("tcp://")
-            ctl = info.get("ctl_port")
-            if ctl and info.get("node_id") != self.overlay.id:
-                self._probe(f"tcp://{host}:{ctl}", now)
-        elif cmd[0] == MEMBERS:
+        cmd = self._decode(frame.bytes, "probe " + ep)
+        if cmd is not None and cmd[0] == MEMBERS:
             self._fix_host(cmd[1], frame.get("Peer-Address"))
             self._learn([cmd[1]] + list(cmd[2]), now)
 
@@ -422,14 +445,14 @@ class ClusterControl:
                 return
             if not data.startswith(BEACON_MAGIC):
                 continue
-            try:
-                b = msgpack.unpackb(data[len(BEACON_MAGIC):], raw=False)
-                mid, cluster, ctl = b["id"], b["c"], int(b["k"])
-            except Exception:
+            b = decode_beacon(data[len(BEACON_MAGIC):])
+            if b is None:
+                self._bad("beacon from " + ip, "not a tscale beacon")
                 continue
+            mid, cluster, ctl, bye = b
             if mid == self.overlay.id or cluster != self.overlay.me["cluster"]:
                 continue
-            if b.get("bye"):
+            if bye:
                 if mid in self.overlay.neighbours():
                     self._link_down(mid, now, "bye")
                 else:
@@ -587,7 +610,7 @@ class ClusterControl:
                 "interest": {"local": _entries(self.interest.local), "local_count": len(self.interest.local),
                              "links": {mid: _entries(t) for mid, t in self.interest.links.items()},
                              "link_counts": {mid: len(t) for mid, t in self.interest.links.items()}},
-                "discovery": bool(self.udp), "control_port": self.ctl_port}
+                "discovery": bool(self.udp), "control_port": self.ctl_port, "bad_frames": self.bad_frames}
 
 
 

@@ -11,7 +11,8 @@ Boundaries (docs/PROTOCOL.md section 2 and 13 give the rules):
 * `decode_node`: what a node sends to a Python client (and to a peer link's
   DEALER); MSG frames are checked event by event, bad events dropped.
 * `decode_control` / `decode_beacon`: the supervisor's cluster control port
-  and UDP discovery beacons.
+  (member entries, interest entries, heartbeats; bad member entries are
+  dropped from gossip) and UDP discovery beacons.
 
 How the decoding is bounded, never recursing into the sender's structure:
 
@@ -42,8 +43,9 @@ from __future__ import annotations
 import msgpack
 
 from . import protocol
-from .protocol import (BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED, E_UNKNOWN_COMMAND, ERR,
-                       HELLO, MSG, OK, PEER_EVENTS, PING, PONG, PUB, STATUS, STATUS_REPLY, SUB, UNSUB, WELCOME,
+from .protocol import (ACCEPT, ATTACH, BYE, CTL_BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED,
+                       E_UNKNOWN_COMMAND, ERR, HB, HELLO, INTEREST, MEMBERS, MSG, OK, PEER_EVENTS, PING, PONG,
+                       PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SYNC, SYNC_ACK, UNSUB, WELCOME,
                        ProtocolError)
 from .subjects import MAX_NAME_LEN, group_error, pattern_error
 
@@ -338,3 +340,125 @@ def _welcome_info(cmd: list) -> dict:
             or type(worker) is not int or not 0 <= worker < len(ports) or type(maxp) is not int or maxp < 1):
         raise bad
     return info
+
+
+# ----------------------------------------------------------------------------- cluster control port
+MAX_MEMBERS = 4096          # member entries gossiped in one control frame
+MAX_HOST_LEN = 255
+MAX_LABEL_LEN = 128         # node and cluster names in member entries
+
+_NUMBER = (int, float)
+# known keys of a member entry -> (types, check); unknown keys are kept, unchecked (later versions)
+_MEMBER_FIELDS = {
+    "id": ((str,), lambda v: 0 < len(v) <= MAX_PEER_ID),
+    "cluster": ((str,), lambda v: len(v) <= MAX_LABEL_LEN),
+    "name": ((str,), lambda v: len(v) <= MAX_LABEL_LEN),
+    "host": ((str, type(None)), lambda v: v is None or len(v) <= MAX_HOST_LEN),
+    "port": ((int,), lambda v: 0 < v < 65536),
+    "ctl": ((int,), lambda v: 0 < v < 65536),
+    "workers": ((int,), lambda v: 1 <= v <= 256),
+    "hb": ((int,), lambda v: v >= 0),
+    "kids": ((int,), lambda v: v >= 0),
+    "started": (_NUMBER, lambda v: True),
+    "v": ((int,), lambda v: True),
+    "stats": ((dict,), lambda v: all(type(x) is int for x in v.values())),
+}
+_MEMBER_REQUIRED = ("id", "cluster", "port", "ctl", "workers")
+
+
+def member_error(info) -> str | None:
+    """Why a gossiped member entry (a node's id, address, worker count...) is unusable, or None."""
+    if type(info) is not dict:
+        return "a member entry must be a map"
+    for key in _MEMBER_REQUIRED:
+        if key not in info:
+            return f"a member entry needs {key!r}"
+    for key, (types, ok) in _MEMBER_FIELDS.items():
+        if key in info:
+            v = info[key]
+            if type(v) not in types or not ok(v):
+                return f"member entry field {key!r} is out of range or of the wrong type"
+    return None
+
+
+def _members(v) -> list:
+    """The valid entries of a gossiped member list (bad ones dropped: the rest is still news)."""
+    if type(v) is not list or len(v) > MAX_MEMBERS:
+        raise ProtocolError(E_MALFORMED, f"members must be a list of at most {MAX_MEMBERS} entries")
+    return [m for m in v if member_error(m) is None]
+
+
+def _sender(v) -> dict:
+    e = member_error(v)
+    if e is not None:
+        raise ProtocolError(E_MALFORMED, "sender: " + e)
+    return v
+
+
+def _interest_entries(v) -> list:
+    if type(v) is not list:
+        raise ProtocolError(E_MALFORMED, "interest entries must be a list")
+    for e in v:
+        if (type(e) is not list or len(e) != 3 or pattern_error(e[0]) is not None
+                or (e[1] is not None and group_error(e[1]) is not None) or type(e[2]) is not int):
+            raise ProtocolError(E_MALFORMED, "an interest entry is [pattern, group|nil, count]")
+    return v
+
+
+def _ctl_int(v) -> int:
+    if type(v) is not int:
+        raise ProtocolError(E_MALFORMED, "sequence numbers and tokens are integers")
+    return v
+
+
+def _ctl_time(v):
+    if v is not None and type(v) not in _NUMBER:
+        raise ProtocolError(E_MALFORMED, "heartbeat times are numbers or nil")
+    return v
+
+
+# code -> (number of items after the code, decoder of those items into the tuple's tail)
+_CONTROL = {
+    PROBE: (2, lambda a: (_sender(a[0]), _members(a[1]))),
+    MEMBERS: (2, lambda a: (_sender(a[0]), _members(a[1]))),
+    ATTACH: (2, lambda a: (_sender(a[0]), _members(a[1]), a[2] is True if len(a) > 2 else False)),
+    ACCEPT: (2, lambda a: (_sender(a[0]), _members(a[1]))),
+    REFUSE: (3, lambda a: (_sender(a[0]), a[1] if type(a[1]) is str else "", _members(a[2]))),
+    HB: (3, lambda a: (None if a[0] is None else _members(a[0]), _ctl_time(a[1]), _ctl_time(a[2]))),
+    INTEREST: (3, lambda a: (_ctl_int(a[0]), a[1] is True, _interest_entries(a[2]))),
+    RESYNC: (0, lambda a: ()),
+    SYNC: (1, lambda a: (_ctl_int(a[0]),)),
+    SYNC_ACK: (1, lambda a: (_ctl_int(a[0]),)),
+    CTL_BYE: (0, lambda a: ()),
+}
+
+
+def decode_control(frame: bytes) -> tuple:
+    """Decode a frame another node's supervisor sent to the control port (or a parent link).
+
+    Returns a tuple laid out as on the wire (see tscale/cluster.py), every field typed;
+    member lists keep only valid entries, ATTACH always carries last_resort (bool).
+    Raises ProtocolError for anything else: the caller drops it and counts it."""
+    cmd = unpack_array(frame, _NODE_LIMITS)
+    spec = _CONTROL.get(cmd[0])
+    if spec is None:
+        raise ProtocolError(E_UNKNOWN_COMMAND, f"unknown control code {cmd[0]}")
+    need, build = spec
+    if len(cmd) - 1 < need:
+        raise ProtocolError(E_MALFORMED, f"control code {cmd[0]} needs {need} items")
+    return (cmd[0], *build(cmd[1:]))
+
+
+def decode_beacon(body: bytes) -> tuple | None:
+    """A UDP discovery beacon's body (after the magic) -> (node_id, cluster, ctl_port, bye), or None."""
+    try:
+        b = _unpackb(body, **_NODE_LIMITS)
+    except Exception:
+        return None
+    if type(b) is not dict:
+        return None
+    mid, cluster, ctl, bye = b.get("id"), b.get("c"), b.get("k"), b.get("bye", False)
+    if (type(mid) is not str or not 0 < len(mid) <= MAX_PEER_ID or type(cluster) is not str
+            or type(ctl) is not int or not 0 < ctl < 65536 or type(bye) is not bool):
+        return None
+    return (mid, cluster, ctl, bye)

@@ -30,6 +30,9 @@ OK = 18        # [OK, req]
 ERR = 19       # [ERR, code, message, req|nil, fatal]
 STATUS_REPLY = 20  # [STATUS_REPLY, req, status]
 
+# Cluster control port, supervisor <-> supervisor (tscale/cluster.py describes the exchange)
+PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, CTL_BYE = range(101, 112)
+
 COMMAND_NAMES = {
     HELLO: "HELLO", PUB: "PUB", SUB: "SUB", UNSUB: "UNSUB", PING: "PING", PONG: "PONG",
     STATUS: "STATUS", BYE: "BYE", PEER_EVENTS: "PEER_EVENTS", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
