@@ -230,7 +230,7 @@ class RawClient:
         if not self.sock.poll(max(0, int(timeout * 1000))):
             return None
         frame = self.sock.recv()
-        cmd = msgpack.unpackb(frame, raw=False)
+        cmd = msgpack.unpackb(frame, raw=False, strict_map_key=False)   # a req may be {1: 2}
         self.frames.append(cmd)
         code = cmd[0]
         if code == protocol.MSG:

@@ -40,6 +40,8 @@ allocates nothing per event for validation.
 """
 from __future__ import annotations
 
+import functools
+
 import msgpack
 
 from . import protocol
@@ -60,6 +62,20 @@ MAX_KEY_LEN = MAX_NAME_LEN + 1 + 128   # a group key is "pattern group"
 
 _CLIENT_LIMITS = dict(raw=False, strict_map_key=False, max_ext_len=0, max_map_len=MAX_MAP_LEN)
 _unpackb = msgpack.unpackb
+
+
+def _total(decode):
+    """Make a decoder total: a slip in a check (an IndexError, say) is that frame's
+    `malformed`, never an exception that could end the loop of the process reading it."""
+    @functools.wraps(decode)    # tests call decode.__wrapped__, so that such a slip fails them
+    def wrapped(frame):
+        try:
+            return decode(frame)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(E_MALFORMED, f"undecodable frame ({type(exc).__name__})") from None
+    return wrapped
 
 
 # ----------------------------------------------------------------------------- shared checks
@@ -241,6 +257,7 @@ _CLIENT = {
 }
 
 
+@_total
 def decode_client(frame: bytes):
     """Decode a frame a worker's client ROUTER received.
 
@@ -293,6 +310,7 @@ def clean_msg(cmd: list, _type=type, _int=int, _str=str, _bytes=bytes) -> tuple[
     return good, (len(cmd) - len(good)) // 4
 
 
+@_total
 def decode_node(frame: bytes):
     """Decode a frame a node sent to a client (or to a peer link).
 
@@ -324,7 +342,8 @@ def decode_node(frame: bytes):
             raise ProtocolError(E_MALFORMED, "STATUS_REPLY is [20, req, status]")
         return (STATUS_REPLY, cmd[1], cmd[2])
     if code == WELCOME:
-        return (WELCOME, cmd[1], _welcome_info(cmd))
+        info = _welcome_info(cmd)
+        return (WELCOME, cmd[1], info)
     raise ProtocolError(E_UNKNOWN_COMMAND, f"unknown command code {code}")
 
 
@@ -433,6 +452,7 @@ _CONTROL = {
 }
 
 
+@_total
 def decode_control(frame: bytes) -> tuple:
     """Decode a frame another node's supervisor sent to the control port (or a parent link).
 

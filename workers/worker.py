@@ -25,6 +25,7 @@ from tscale import bus, protocol
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
 from tscale.logs import RateLimited, setup
+from tscale.peergate import PeerGate
 from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
@@ -44,8 +45,6 @@ IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if th
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
 PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
-PEER_CLAIM_WAIT = 2.0     # a refused peer HELLO is admitted if the supervisor names that peer this soon after
-MAX_PEER_CLAIMS = 256
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -79,9 +78,7 @@ class Worker:
         self.bus_backlog: list = []
         self.fwd_peer: dict[tuple, list] = {}     # (owner worker, source node) -> FWD_PEER buffer
         self.peer_links: dict[str, "PeerLink"] = {}
-        self.neighbours: frozenset = frozenset()  # overlay neighbours, as the supervisor last told us
-        self.peer_invalid: dict[str, int] = {}    # peer node id -> invalid events it sent us (dropped)
-        self.peer_claims: dict[bytes, tuple] = {}  # ident -> (conn, HELLO fields, deadline): refused peer HELLOs
+        self.gate = PeerGate()                    # which connections may send peer frames
         self.local_changes: list = []             # subscription deltas for the supervisor (cluster interest)
         # aggregated interest of our proxied subscriptions: (pattern, group) -> count
         self.local_interest: dict[tuple, int] = {}
@@ -258,28 +255,19 @@ class Worker:
         elif code == BYE:
             self._remove_conn(conn)
 
-    def _peer_allowed(self, peer_id: str) -> bool:
-        """May a connection that says HELLO with option peer=`peer_id` send peer frames?
-
-        Only an overlay neighbour the control plane attached (as the supervisor last told
-        this worker: bus PEERS / CLUSTER_SNAPSHOT); the one place to add a proof of identity."""
-        return peer_id in self.neighbours
-
     def _on_hello(self, conn: Connection, name: str, lang: str, token, direct: bool, peer: str):
         if self.token and token != self.token:
             self.rlog.warning(("auth", conn.ident), "rejected connection %s: wrong or missing token", conn.ident.hex())
             self._refuse(conn, "wrong or missing token")
             return
-        if peer and not self._peer_allowed(peer):
-            self.rlog.warning(("peer-auth", conn.ident), "refused peer HELLO from %s: %s is not a neighbour",
-                              conn.ident.hex(), peer)
-            self._refuse(conn, "HELLO option 'peer' is only for this node's overlay neighbours")
-            # A new neighbour's HELLO may overtake the supervisor's news of it (bus PEERS): admit
-            # the connection if that news comes within PEER_CLAIM_WAIT.
-            if len(self.peer_claims) < MAX_PEER_CLAIMS:
-                self.peer_claims[conn.ident] = (conn, (name, lang, token, direct, peer), self.now + PEER_CLAIM_WAIT)
+        if peer and not self.gate.allowed(peer):
+            # Quiet for now: a new neighbour's HELLO may overtake the supervisor's news of it;
+            # the gate admits the claim if that news comes in time, and we warn if it does not.
+            self._refuse(conn, "HELLO option 'peer' is only for this node's overlay neighbours", quiet=True)
+            if not self.gate.claim(conn.ident, conn, (name, lang, token, direct, peer), self.now):
+                self.rlog.warning(("peer-auth", b""), "refused peer HELLO from %s: %s is not a neighbour",
+                                  conn.ident.hex(), peer)
             return
-        self.peer_claims.pop(conn.ident, None)
         conn.rejected = False
         conn.name = name
         conn.lang = lang
@@ -302,9 +290,9 @@ class Worker:
         }
         self._send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
-    def _refuse(self, conn: Connection, why: str):
+    def _refuse(self, conn: Connection, why: str, quiet: bool = False):
         """not_authorized: the connection loses its subscriptions and is served nothing but the handshake."""
-        self._error(conn, protocol.E_NOT_AUTHORIZED, why)
+        self._error(conn, protocol.E_NOT_AUTHORIZED, why, quiet=quiet)
         self._drop_subs(conn)
         conn.rejected = True
         conn.peer = ""
@@ -497,7 +485,7 @@ class Worker:
 
     def _peer_bad(self, src: str, count: int, what: str):
         """Peer events that failed validation: dropped, counted per peer (status), logged rate-limited."""
-        self.peer_invalid[src] = self.peer_invalid.get(src, 0) + count
+        self.gate.count_invalid(src, count)
         self.stats["peer_invalid"] += count
         self.rlog.warning(("peer-bad", src), "peer %s sent %s: %d dropped", src, what, count)
 
@@ -777,18 +765,12 @@ class Worker:
 
         Also the list of nodes whose links may send peer frames: a connection that said
         HELLO as a node that is no longer a neighbour loses that right."""
-        self.neighbours = frozenset(peers)
-        for c in self.conns.values():
-            if c.peer and c.peer not in self.neighbours:
-                c.peer = ""
-        for pid in [p for p in self.peer_invalid if p not in peers]:
-            del self.peer_invalid[pid]
-        claims, self.peer_claims = self.peer_claims, {}
-        for ident, (conn, hello, deadline) in claims.items():
-            if hello[4] in self.neighbours and self.now <= deadline and self.conns.get(ident) is conn:
+        for conn, hello in self.gate.set_neighbours(peers, self.now):
+            if self.conns.get(conn.ident) is conn:
                 self._on_hello(conn, *hello)
-            elif self.now <= deadline:
-                self.peer_claims[ident] = (conn, hello, deadline)
+        for c in self.conns.values():
+            if c.peer and not self.gate.allowed(c.peer):
+                c.peer = ""
         for pid in [p for p in self.peer_links if p not in peers]:
             link = self.peer_links.pop(pid)
             self.poller.unregister(link.sock)
@@ -849,10 +831,11 @@ class Worker:
             self.dead.append(conn)
             return False
 
-    def _error(self, conn: Connection, code: str, message: str, req=None):
+    def _error(self, conn: Connection, code: str, message: str, req=None, quiet: bool = False):
         conn.errors += 1
         self.stats["errors"] += 1
-        self.rlog.warning(("err", code), "client %s: %s: %s", conn.label(), code, message)
+        if not quiet:
+            self.rlog.warning(("err", code), "client %s: %s: %s", conn.label(), code, message)
         self._send(conn, err(code, message, req))
 
     def _bus_send(self, topic: bytes, body: bytes, control: bool = True) -> bool:
@@ -887,8 +870,10 @@ class Worker:
             backlog, self.bus_backlog = self.bus_backlog, []
             for topic, body in backlog:
                 self._bus_send(topic, body)
-        if self.peer_claims:
-            self.peer_claims = {i: c for i, c in self.peer_claims.items() if c[2] >= now}
+        if self.gate.claims:   # refused peer HELLOs the supervisor never confirmed: now worth a warning
+            for ident, hello in self.gate.expire(now):
+                self.rlog.warning(("peer-auth", ident), "refused peer HELLO from %s (%s): %s is not a neighbour",
+                                  ident.hex(), hello[0], hello[4])
         for link in self.peer_links.values():
             if link.rehello:
                 link.rehello = False
@@ -928,7 +913,7 @@ class Worker:
     def worker_stats(self) -> dict:
         slow = sorted((c for c in self.conns.values() if c.drops), key=lambda c: -c.drops)[:10]
         peers = {pid: {"name": l.name, "events_out": l.events_out, "dropped": l.dropped,
-                       "invalid_in": self.peer_invalid.get(pid, 0)}
+                       "invalid_in": self.gate.invalid.get(pid, 0)}
                  for pid, l in self.peer_links.items()}
         return {
             "index": self.index,
