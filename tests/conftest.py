@@ -13,6 +13,7 @@ Everything here talks to real processes over real sockets:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import json
@@ -580,15 +581,22 @@ def pids_alive(pids) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
-def node2(tmp_path_factory):
-    """A shared node with 2 workers, default options. Tests on it use fresh names (uniq())."""
-    n = Node(tmp_path_factory.mktemp("node2"), workers=2)
+@contextlib.contextmanager
+def running_node(tmp_dir: Path, **kw):
+    """A started Node, stopped (by pid) when the block ends: the body of module-scoped node fixtures."""
+    n = Node(tmp_dir, **kw)
     try:
         n.start()
         yield n
     finally:
         n.stop()
+
+
+@pytest.fixture(scope="session")
+def node2(tmp_path_factory):
+    """A shared node with 2 workers, default options. Tests on it use fresh names (uniq())."""
+    with running_node(tmp_path_factory.mktemp("node2"), workers=2) as n:
+        yield n
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import DEADLINE, Node, RawClient, collect, name_for, uniq, wait_until
+from conftest import DEADLINE, RawClient, collect, name_for, running_node, uniq, wait_until
 from tscale import protocol
 
 
@@ -83,12 +83,8 @@ def test_bad_events_do_not_stop_good_ones_in_the_same_frame(node2, clients, raws
 # ----------------------------------------------------------------------------- garbage
 @pytest.fixture(scope="module")
 def gnode(tmp_path_factory):
-    n = Node(tmp_path_factory.mktemp("garbage"), workers=2)
-    try:
-        n.start()
+    with running_node(tmp_path_factory.mktemp("garbage"), workers=2) as n:
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 import tscale
 import tscale.aio
 from clusterkit import HOSTS, ClusterRun, wait_one_tree
-from conftest import DEADLINE, Node, RawClient, collect, free_port_block, uniq, wait_until, zctx
-from test_frames import commands, nested
+from conftest import DEADLINE, Node, RawClient, collect, free_port_block, running_node, uniq, wait_until, zctx
+from test_frames import commands, nested, packed
 from tscale import frames, protocol
 from tscale.protocol import ERR, HELLO, MSG, OK, PEER_EVENTS, PING, PONG, PUB, STATUS_REPLY, SUB, WELCOME
 from tscale.subjects import name_error
@@ -30,12 +30,8 @@ def pack(obj) -> bytes:
 
 @pytest.fixture(scope="module")
 def hnode(tmp_path_factory):
-    n = Node(tmp_path_factory.mktemp("hostile"), workers=2)
-    try:
-        n.start()
+    with running_node(tmp_path_factory.mktemp("hostile"), workers=2) as n:
         yield n
-    finally:
-        n.stop()
 
 
 @pytest.fixture(scope="module")
@@ -152,10 +148,7 @@ def gen_raw(hnode):
 @given(cmd=commands)
 def test_every_command_gets_its_documented_answer(hnode, gen_raw, cmd):
     """Whatever the decoder refuses comes back as that error (with its req); the connection goes on."""
-    try:
-        frame = pack(cmd)
-    except (ValueError, OverflowError):
-        return
+    frame = packed(cmd)
     if cmd and cmd[0] == protocol.BYE:
         return                                       # ends the connection: nothing to answer
     r = gen_raw

@@ -6,19 +6,15 @@ import random
 
 import pytest
 
-from conftest import DEADLINE, Node, name_for, uniq, wait_until
+from conftest import DEADLINE, name_for, running_node, uniq, wait_until
 from tscale import protocol
 from tscale.protocol import pack
 
 
 @pytest.fixture(scope="module")
 def busy_node(tmp_path_factory):
-    n = Node(tmp_path_factory.mktemp("overload"), workers=2)
-    try:
-        n.start()
+    with running_node(tmp_path_factory.mktemp("overload"), workers=2) as n:
         yield n
-    finally:
-        n.stop()
 
 
 EVENTS = 2000
