@@ -25,8 +25,10 @@ How the decoding is bounded, never recursing into the sender's structure:
   array where a name should be is rejected by one `type()` test).
 * The only values of any shape are `req` and the PING token, which the node
   echoes; `any_error` walks them with an explicit stack (no recursion),
-  bounding depth (MAX_DEPTH) and item count (MAX_ANY_ITEMS), so an echo can
-  always be packed again.
+  bounding depth (MAX_DEPTH) and item count (MAX_ANY_ITEMS): an answer stays
+  small, cheap to pack and far from msgpack's packer limit (1024 levels), and
+  nothing later walks or prints a deep value (str() of a 1,000-deep list
+  raises RecursionError, which is how a HELLO name killed workers).
 * Map keys that are not strings are allowed by the decoder (so they never
   void a whole frame): a header map with a non-str key makes that one event
   `malformed`; unknown option keys, str or not, are ignored; inside `req`
