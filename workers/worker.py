@@ -265,7 +265,7 @@ class Worker:
             # the gate admits the claim if that news comes in time, and we warn if it does not.
             self._refuse(conn, "HELLO option 'peer' is only for this node's overlay neighbours", quiet=True)
             if not self.gate.claim(conn.ident, conn, (name, lang, token, direct, peer), self.now):
-                self.rlog.warning(("peer-auth", b""), "refused peer HELLO from %s: %s is not a neighbour",
+                self.rlog.warning(("peer-auth",), "refused peer HELLO from %s: %r is not a neighbour",
                                   conn.ident.hex(), peer)
             return
         conn.rejected = False
@@ -872,7 +872,8 @@ class Worker:
                 self._bus_send(topic, body)
         if self.gate.claims:   # refused peer HELLOs the supervisor never confirmed: now worth a warning
             for ident, hello in self.gate.expire(now):
-                self.rlog.warning(("peer-auth", ident), "refused peer HELLO from %s (%s): %s is not a neighbour",
+                # one key for all: an attacker opening connection after connection gets one line per 5 s
+                self.rlog.warning(("peer-auth",), "refused peer HELLO from %s (%r): %r is not a neighbour",
                                   ident.hex(), hello[0], hello[4])
         for link in self.peer_links.values():
             if link.rehello:
