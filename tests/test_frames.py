@@ -285,7 +285,7 @@ def check_client_result(cmd):
         assert cmd in ((PONG,), (BYE,))
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(cmd=commands)
 def test_every_command_with_any_field_types(cmd):
     frame = packed(cmd)
@@ -316,7 +316,7 @@ node_commands = st.builds(lambda code, rest: [code, *rest],
                           st.lists(field | st.just(1) | st.just(b"payload"), max_size=9))
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(cmd=node_commands)
 def test_every_node_frame_with_any_field_types(cmd):
     frame = packed(cmd)
@@ -449,7 +449,7 @@ def test_unknown_control_codes(code):
     refused(pack([code, MEMBER, []]), E_UNKNOWN_COMMAND, decode=decode_control)
 
 
-@settings(max_examples=800, deadline=None)
+@settings(max_examples=250, deadline=None)
 @given(code=st.sampled_from([PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, CTL_BYE]),
        rest=st.lists(field | st.just(MEMBER) | st.lists(st.just(MEMBER) | field, max_size=3), max_size=5))
 def test_every_control_frame_with_any_field_types(code, rest):
