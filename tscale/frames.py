@@ -37,7 +37,7 @@ How the decoding is bounded, never recursing into the sender's structure:
 
 The PUB and PEER_EVENTS frames are returned as the flat list itself, with only
 their shape checked: the worker validates each event in the one pass in which
-it routes it (see `event_error`, `meta_error`, `keys_error`), so the hot path
+it routes it (with `payload_error`, `meta_error`, `keys_error`), so the hot path
 allocates nothing per event for validation.
 """
 from __future__ import annotations
