@@ -266,7 +266,7 @@ def decode_client(frame: bytes):
     Returns a tuple (or, for PUB and PEER_EVENTS, the frame's flat list) whose
     item 0 is the command code:
 
-        [PUB, name, payload, meta, ...]           length 1 + 3k (events: see event_error)
+        [PUB, name, payload, meta, ...]           length 1 + 3k (events: checked by the router)
         (SUB, sid:int, pattern:str, group:str|None, req, cluster:bool)
         (UNSUB, sid:int, req)
         (HELLO, name:str, lang:str, token:str|None, direct:bool, peer:str)
