@@ -12,6 +12,7 @@ this client; the node drops and counts what this client cannot take).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import os
 import queue
@@ -23,7 +24,10 @@ from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
 from .client_core import BATCH_BYTES, BATCH_LEN, ClientCore, CoreView, Msg, SubState, parse_address
-from .errors import ConnectError, NoResponders, Timeout, TscaleError
+from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+from .queues import api as qapi
+from .queues import client_core as qc
+from .queues.client_core import PubAck, QueueMsg  # noqa: F401  (re-exported)
 
 log = logging.getLogger("tscale.client")
 
@@ -199,6 +203,8 @@ class Client(CoreView):
         self._closed = False
         self._sleeping = False
         self._io_ident = None
+        self._q_sub = None                  # the inbox for confirms and fetch replies (subscribed on first use)
+        self._q_handlers: dict = {}         # reply name -> handler(msg) -> True when done
         self._ctx = zmq.Context()
         self._host, port = parse_address(self.server)
         try:
@@ -396,8 +402,20 @@ class Client(CoreView):
         if self._closed:
             raise TscaleError("client is closed")
 
-    def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None) -> None:
-        """Queue an event; it leaves with the next batch to the worker that owns `name`."""
+    def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None,
+                confirm: bool = False, msg_id: str | None = None, timeout: float = 5.0):
+        """Queue an event; it leaves with the next batch to the worker that owns `name`.
+
+        With `confirm=True` wait until a durable queue stored it and return its `PubAck`
+        (`msg_id` makes it idempotent within the queue's dedupe window).  To pipeline
+        confirms, keep a window of `publish_future()` results instead."""
+        if confirm:
+            f = self.publish_future(name, data, headers, msg_id)
+            try:
+                return f.result(timeout)
+            except concurrent.futures.TimeoutError:
+                self._q_handlers.pop(f.reply, None)
+                raise Timeout(f"publish {name!r}: no queue confirmed within {timeout:g}s") from None
         core = self._core
         k = core.owner_cache.get(name)
         if (k is None or type(data) is not bytes or headers is not None or reply is not None
@@ -507,6 +525,78 @@ class Client(CoreView):
             raise NoResponders(f"no responders for {name!r}")
         return msg
 
+    # -- durable queues (docs/QUEUES.md) -------------------------------------------
+    def _q_reply_name(self) -> str:
+        if self._q_sub is None:
+            self._q_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._q_on_reply)
+        return self._core.inbox()
+
+    def _q_on_reply(self, msg: Msg):
+        h = self._q_handlers.get(msg.name)
+        if h is not None and h(msg):
+            self._q_handlers.pop(msg.name, None)
+
+    def publish_future(self, name: str, data=b"", headers: dict | None = None,
+                       msg_id: str | None = None) -> concurrent.futures.Future:
+        """Publish with confirm without waiting: the future's result is the PubAck (or the error).
+        The future has `.reply`, the reply name; drop it from a window you give up on."""
+        self._check_open()
+        h = qc.confirm_headers(headers, msg_id)
+        reply = self._q_reply_name()
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        f.reply = reply
+
+        def done(msg: Msg) -> bool:
+            try:
+                f.set_result(qc.decode_pub_ack(name, msg.data, msg.headers))
+            except TscaleError as exc:
+                f.set_exception(exc)
+            return True
+
+        self._q_handlers[reply] = done
+        self.publish(name, data, headers=h, reply=reply)
+        return f
+
+    def _q_call(self, subject: str, op: str, timeout: float, **fields):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = self.request(subject, qc.request(op, **fields), timeout=timeout)
+            except NoResponders:
+                raise ServerError(qc.E_UNAVAILABLE, f"{subject}: nothing answers (the queue's home is "
+                                                    "unreachable)") from None
+            try:
+                return qc.decode_reply(msg.data, msg.headers, f"queue {op}")
+            except ServerError as exc:
+                if not qc.retry_starting(exc, deadline):
+                    raise
+
+    def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
+        """Create a durable queue (options as in `tscale queue add`: retention, max_msgs, max_bytes,
+        max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home); returns its info."""
+        return self._q_call(qapi.api_subject(name), "add", timeout, config=qc.queue_config(name, subjects, **options))
+
+    def queue_info(self, name: str, timeout: float = 5.0) -> dict:
+        return self._q_call(qapi.api_subject(name), "info", timeout)
+
+    def queue_ls(self, timeout: float = 5.0) -> list:
+        """Every queue of the node this client is connected to (asks each worker)."""
+        out = []
+        for subject in qapi.ls_subjects(self._core.workers):
+            out += self._q_call(subject, "ls", timeout)
+        return sorted(out, key=lambda d: d["config"]["name"])
+
+    def queue_rm(self, name: str, timeout: float = 5.0) -> None:
+        self._q_call(qapi.api_subject(name), "rm", timeout)
+
+    def queue_purge(self, name: str, timeout: float = 5.0) -> int:
+        return self._q_call(qapi.api_subject(name), "purge", timeout)
+
+    def consumer(self, queue: str, group: str, start=None, batch: int = 100) -> "Consumer":
+        """A member of consumer group `group` of `queue` (created at `start` if new:
+        first, last, new or a sequence number)."""
+        return Consumer(self, queue, group, qc.start_value(start), batch)
+
     def status(self, timeout: float = 5.0) -> dict:
         """The node's status document (see docs/STATUS.md)."""
         return self._call(0, lambda req: protocol.pack([protocol.STATUS, req]), timeout, "status")
@@ -555,3 +645,52 @@ class Client(CoreView):
                 self.close(0.5)
             except Exception:
                 pass
+
+
+class Consumer:
+    """Pull consumer: `fetch(batch, timeout)` or iterate; answer each QueueMsg with ack/nak/in_progress/term."""
+
+    def __init__(self, client: Client, queue: str, group: str, start, batch: int):
+        self._client = client
+        self.queue = queue
+        self.group = group
+        self.start = start
+        self.batch = batch
+        self.subject = qapi.api_subject(queue)
+        self._buf: collections.deque = collections.deque()
+
+    def _answer(self, op: str, seq: int, delay):
+        self._client.publish(self.subject, qc.request(op, group=self.group, seqs=[seq], delay=delay))
+
+    def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
+        """Up to `batch` deliveries, waiting up to `timeout` seconds for the first; [] if none came."""
+        c = self._client
+        c._check_open()
+        coll = qc.FetchCollector(self.queue, self.group, self._answer)
+        got = threading.Event()
+
+        def feed(msg: Msg) -> bool:
+            if coll.feed(msg.data, msg.headers):
+                got.set()
+                return True
+            return False
+
+        reply = c._q_reply_name()
+        c._q_handlers[reply] = feed
+        expires = min(max(timeout, 0.0), qapi.MAX_EXPIRES)
+        c.publish(self.subject, qc.request("fetch", group=self.group, batch=batch or self.batch, expires=expires,
+                                           start=self.start), reply=reply)
+        if not got.wait(expires + 2.0):
+            c._q_handlers.pop(reply, None)
+            raise Timeout(f"fetch from queue {self.queue!r}: no answer within {expires + 2.0:g}s")
+        if coll.error is not None:
+            raise coll.error
+        return coll.msgs
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> QueueMsg:
+        while not self._buf:
+            self._buf.extend(self.fetch(self.batch, timeout=5.0))
+        return self._buf.popleft()

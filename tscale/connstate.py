@@ -13,7 +13,7 @@ class Connection:
     """
 
     __slots__ = ("ident", "name", "lang", "peer", "direct", "out", "subs", "blocked",
-                 "events_out", "drops", "last_seen", "rejected", "errors")
+                 "events_out", "drops", "last_seen", "rejected", "errors", "sink")
 
     def __init__(self, ident: bytes, now: float):
         self.ident = ident
@@ -29,6 +29,7 @@ class Connection:
         self.last_seen = now
         self.rejected = False    # failed authentication: serve nothing until a good HELLO
         self.errors = 0
+        self.sink = None         # a durable queue (workers/queues.py) stores instead of sending
 
     def label(self) -> str:
         return self.name or self.ident.hex()

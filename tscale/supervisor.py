@@ -279,6 +279,7 @@ class Supervisor:
                 "dropped": s.get("dropped", 0), "forwarded": s.get("forwarded", 0),
                 "errors": s.get("errors", 0), "clients": s.get("clients", 0),
                 "subscriptions": s.get("subscriptions", 0), "slow_clients": s.get("slow_clients", []),
+                "queues": s.get("queues", {}),
             })
         me = psutil.Process()
         sup_rss = me.memory_info().rss

@@ -31,6 +31,8 @@ from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
 
+from .queues import QueueShell
+
 INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
 FLUSH_EVERY = 32          # frames read between output flushes (bounds batch size and latency)
 # One busy connection must not delay every other one (issue 10): the work between two
@@ -92,6 +94,7 @@ class Worker:
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
                       "peer_in": 0, "peer_out": 0, "peer_invalid": 0}
+        self.queues = QueueShell(self)
 
     # -- process ------------------------------------------------------------
     def run(self) -> int:
@@ -109,6 +112,7 @@ class Worker:
             self._loop()
         finally:
             self._flush()
+            self.queues.close()
             self.ctx.destroy(linger=0)
             self.log.info("stopped")
         return 0
@@ -168,6 +172,12 @@ class Worker:
                 else:
                     self._drain_peer(sock)
             self._flush()
+            queues = self.queues
+            for _ in range(3):   # group commit: one COMMIT per pass, then the pass's confirms and replies
+                if not queues.dirty:
+                    break
+                queues.commit()
+                self._flush()
             if now >= next_tick:
                 next_tick = now + TICK
                 self._tick(now)
@@ -311,7 +321,7 @@ class Worker:
         cache_get = self.table._cache.get
         route = self.table.route
         dirty = self.dirty
-        maxp = self.max_payload
+        maxp = self.max_payload if conn is not None else 1 << 62   # checked where the event entered
         fwd = self.fwd
         bad = None
         for i in range(start, n, 3):
@@ -647,6 +657,10 @@ class Worker:
                 frm, epoch = cmd[1], cmd[2]
                 if frm != self.index:
                     self._bus_send(bus.topic(frm), pack([bus.SNAPSHOT, self.index, epoch, self._snapshot_for(frm)]))
+                    self.queues.on_worker_hello(frm)
+            elif kind == bus.QUEUE_DEFS:
+                if cmd[1] != self.index:
+                    self.queues.on_defs(cmd[1], cmd[2])
             elif kind == bus.SNAPSHOT:
                 frm, epoch, entries = cmd[1], cmd[2], cmd[3]
                 if epoch == self.epoch:
@@ -654,10 +668,12 @@ class Worker:
                     if frm not in self.synced:
                         self.synced.add(frm)
                         self.log.debug("synced with worker %d", frm)
+                        self._start_queues()
             elif kind == bus.FWD_PEER:
                 self._ingest_peer(cmd[2], cmd, 3)
             elif kind == bus.WORKER_DOWN:
                 self._worker_down(cmd[2])
+                self.queues.worker_down(cmd[2])
             elif kind == bus.NODE_STATUS:
                 self.node_status = cmd[2]
                 self._answer_status()
@@ -675,6 +691,13 @@ class Worker:
                     for peer, entries in cmd[4].items():
                         self.table.replace_link(peer, entries)
                     self.synced.add(bus.SUPERVISOR)
+                    self._start_queues()
+
+    def _start_queues(self):
+        """Open the durable queues once synced with every other worker and the supervisor, so that
+        each of them hears the queues' interest (a PUB/SUB message sent earlier may be lost)."""
+        if not self.queues.started and len(self.synced) >= self.count:
+            self.queues.start()
 
     def _acked(self, frm: int, ackkey: int):
         p = self.pending_acks.get(ackkey)
@@ -702,6 +725,10 @@ class Worker:
             stats = self.stats
             for c in dirty:
                 o = c.out
+                if c.sink is not None:    # a durable queue or the queue API: stores instead of sending
+                    c.sink(o)
+                    del o[1:]
+                    continue
                 n = (len(o) - 1) >> 2
                 try:
                     router.send(c.ident, SEND_MORE)
@@ -888,6 +915,8 @@ class Worker:
             self.blocked.clear()
         if len(self.synced) < self.count:   # the other workers and the supervisor
             self._bus_send(bus.ALL, pack([bus.WORKER_HELLO, self.index, self.epoch]))
+        self._start_queues()
+        self.queues.tick(now)
         for key in [a for a, p in self.pending_acks.items() if p[3] < now]:
             conn, req, waiting, _ = self.pending_acks.pop(key)
             self.log.warning("workers %s did not confirm interest in time; confirming anyway", sorted(waiting))
@@ -925,6 +954,7 @@ class Worker:
             **self.stats,
             "slow_clients": [{"client": c.label(), "dropped": c.drops} for c in slow],
             "peers": peers,
+            "queues": self.queues.figures(),
         }
 
     def _send_stats(self):

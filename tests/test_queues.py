@@ -1,0 +1,228 @@
+"""Durable queues end to end on one node: real processes, real sqlite files (docs/QUEUES.md)."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+import tscale
+from conftest import uniq, wait_until
+from tscale.queues import api
+
+
+def qname(prefix: str = "q") -> str:
+    return uniq(prefix).replace(".", "_")
+
+
+def test_add_info_ls_rm_purge(node2, clients):
+    c = clients(node2)
+    q = qname()
+    info = c.queue_add(q, f"{q}.>", max_msgs=100, ack_wait=5)
+    assert info["config"]["subjects"] == [f"{q}.>"] and info["messages"] == 0
+    assert c.queue_add(q, f"{q}.>", max_msgs=100, ack_wait=5)["config"]["name"] == q   # idempotent
+    with pytest.raises(tscale.ServerError) as e:
+        c.queue_add(q, f"{q}.other")
+    assert e.value.code == "queue_exists"
+    assert q in [d["config"]["name"] for d in c.queue_ls()]
+    for i in range(5):
+        c.publish(f"{q}.a", b"x%d" % i)
+    c.flush()
+    wait_until(lambda: c.queue_info(q)["messages"] == 5, what="5 stored")
+    info = c.queue_info(q)
+    assert (info["first_seq"], info["last_seq"], info["bytes"]) == (1, 5, 10)
+    assert info["db_disk_bytes"] > 0
+    assert c.queue_purge(q) == 5
+    assert c.queue_info(q)["messages"] == 0
+    c.queue_rm(q)
+    with pytest.raises(tscale.ServerError) as e:
+        c.queue_info(q)
+    assert e.value.code == "queue_not_found"
+    assert q not in [d["config"]["name"] for d in c.queue_ls()]
+
+
+@pytest.mark.parametrize("config,needle", [
+    ({"subjects": []}, "subjects"),
+    ({"subjects": ["a..b"]}, "empty token"),
+    ({"subjects": [">"]}, "first token"),
+    ({"subjects": ["x.>"], "retention": "forever"}, "retention"),
+    ({"subjects": ["x.>"], "max_msgs": -1}, "max_msgs"),
+    ({"subjects": ["x.>"], "ack_wait": 0}, "ack_wait"),
+    ({"subjects": ["x.>"], "colour": "red"}, "unknown"),
+])
+def test_bad_queue_options_are_refused_clearly(node2, clients, config, needle):
+    c = clients(node2)
+    q = qname()
+    with pytest.raises(tscale.ServerError) as e:
+        c._q_call(api.api_subject(q), "add", 5.0, config={"name": q, **config})
+    assert e.value.code == "bad_queue_config" and needle in e.value.message
+
+
+def test_hostile_requests_get_errors_and_the_node_keeps_serving(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>")
+    for payload in (b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"op": "explode"}),
+                    msgpack.packb({"op": "fetch", "group": "g", "batch": 10**9}),
+                    msgpack.packb({"op": "ack", "group": "g", "seqs": ["x"]}),
+                    msgpack.packb({"op": "fetch", "group": "bad group"})):
+        reply = c.request(api.api_subject(q), payload, timeout=5)
+        d = msgpack.unpackb(reply.data)
+        assert d["error"] == "bad_queue_request", d
+    with pytest.raises(tscale.ServerError) as e:
+        c._q_call(api.api_subject("no_such_queue_here"), "info", 5.0)
+    assert e.value.code == "queue_not_found"
+    c.publish(f"{q}.ok", b"still here", confirm=True)
+    assert c.queue_info(q)["messages"] == 1
+
+
+def test_confirmed_publish_pipelined_and_dedupe(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.*", dedupe_window=60)
+    ack = c.publish(f"{q}.one", b"1", confirm=True)
+    assert ack == tscale.client.PubAck(q, 1, False)
+    futures = [c.publish_future(f"{q}.many", b"%d" % i) for i in range(500)]
+    seqs = [f.result(20).seq for f in futures]
+    assert sorted(seqs) == list(range(2, 502))
+    a = c.publish(f"{q}.one", b"again", confirm=True, msg_id="job-1")
+    b = c.publish(f"{q}.one", b"again", confirm=True, msg_id="job-1")
+    assert not a.duplicate and b.duplicate and b.seq == a.seq
+    assert c.queue_info(q)["messages"] == 502
+    with pytest.raises(tscale.ServerError) as e:
+        c.publish(qname("nobody") + ".x", b"?", confirm=True)
+    assert e.value.code == "no_queue"
+
+
+def test_consume_ack_nak_term_and_redelivery(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>", ack_wait=1.0)
+    for i in range(4):
+        c.publish(f"{q}.job", b"%d" % i, confirm=True)
+    cons = c.consumer(q, "workers")
+    msgs = cons.fetch(10, timeout=2)
+    assert [m.data for m in msgs] == [b"0", b"1", b"2", b"3"] and all(m.deliveries == 1 for m in msgs)
+    msgs[0].ack()
+    msgs[1].nak()          # at once
+    msgs[2].term()
+    msgs[3].in_progress()  # keeps its deadline fresh; then left unacked: back after ack_wait
+    again = cons.fetch(10, timeout=2)
+    assert [(m.data, m.deliveries) for m in again] == [(b"1", 2)]
+    again[0].ack()
+    late = cons.fetch(10, timeout=5)
+    assert [(m.data, m.deliveries) for m in late] == [(b"3", 2)]
+    late[0].ack()
+    c.flush()    # acks are fire-and-forget events: flush orders them before the info request
+    info = c.queue_info(q)["groups"]["workers"]
+    assert (info["acked"], info["terminated"], info["ack_pending"], info["pending"]) == (3, 1, 0, 0)
+    assert info["redelivered"] == 2
+    assert cons.fetch(10, timeout=0.3) == []
+
+
+def test_long_poll_fetch_wakes_on_publish(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>")
+    cons = c.consumer(q, "g")
+    import threading
+    out = []
+    t = threading.Thread(target=lambda: out.extend(cons.fetch(5, timeout=10)))
+    t.start()
+    wait_until(lambda: "g" in c.queue_info(q)["groups"], what="group created by the parked fetch")
+    c.publish(f"{q}.x", b"wake", confirm=True)
+    t.join(12)
+    assert [m.data for m in out] == [b"wake"]
+
+
+def test_max_deliver_goes_to_dlq_and_another_queue_keeps_it(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>", ack_wait=0.3, max_deliver=2)
+    c.queue_add(q + "_dead", f"$DLQ.{q}")
+    c.publish(f"{q}.poison", b"bad job", confirm=True)
+    cons = c.consumer(q, "g")
+    seen = []
+    for _ in range(2):
+        got = cons.fetch(1, timeout=3)
+        seen += [m.deliveries for m in got]
+    assert seen == [1, 2]
+    wait_until(lambda: c.queue_info(q + "_dead")["messages"] == 1, what="dead letter stored")
+    dead = c.consumer(q + "_dead", "ops").fetch(1, timeout=2)[0]
+    assert dead.data == b"bad job" and dead.name == f"$DLQ.{q}"
+    assert dead.headers["Tscale-Seq"] == "1" and dead.headers["Tscale-Deliveries"] == "2"
+    assert c.queue_info(q)["groups"]["g"]["dead_lettered"] == 1
+    assert cons.fetch(1, timeout=0.5) == []
+
+
+def test_limits_discard_old_and_new(node2, clients):
+    c = clients(node2)
+    old, new = qname("old"), qname("new")
+    c.queue_add(old, f"{old}.>", max_msgs=3)
+    c.queue_add(new, f"{new}.>", max_msgs=3, discard="new")
+    for i in range(5):
+        c.publish(f"{old}.x", b"%d" % i, confirm=True)
+    info = c.queue_info(old)
+    assert (info["messages"], info["first_seq"], info["last_seq"], info["discarded"]) == (3, 3, 5, 2)
+    for i in range(3):
+        c.publish(f"{new}.x", b"%d" % i, confirm=True)
+    with pytest.raises(tscale.ServerError) as e:
+        c.publish(f"{new}.x", b"3", confirm=True)
+    assert e.value.code == "queue_full"
+    assert [m.data for m in c.consumer(new, "g").fetch(10, timeout=2)] == [b"0", b"1", b"2"]
+
+
+def test_work_queue_deletes_on_ack_and_refuses_overlap(node2, clients):
+    c = clients(node2)
+    q = qname("work")
+    c.queue_add(q, f"{q}.*", retention="work")
+    with pytest.raises(tscale.ServerError) as e:
+        c.queue_add(qname("other"), f"{q}.x")
+    assert e.value.code == "bad_queue_config" and "overlaps" in e.value.message
+    c.publish(f"{q}.a", b"1", confirm=True)
+    cons = c.consumer(q, "only")
+    [m] = cons.fetch(1, timeout=2)
+    m.ack()
+    c.flush()
+    assert c.queue_info(q)["messages"] == 0
+    with pytest.raises(tscale.ServerError) as e:
+        c.consumer(q, "second").fetch(1, timeout=1)
+    assert e.value.code == "bad_queue_request"
+
+
+def test_new_group_start_positions(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>")
+    for i in range(5):
+        c.publish(f"{q}.x", b"%d" % i, confirm=True)
+    assert [m.seq for m in c.consumer(q, "a", start="first").fetch(10, timeout=1)] == [1, 2, 3, 4, 5]
+    assert [m.seq for m in c.consumer(q, "b", start="last").fetch(10, timeout=1)] == [5]
+    assert [m.seq for m in c.consumer(q, "c", start=3).fetch(10, timeout=1)] == [3, 4, 5]
+    assert c.consumer(q, "d", start="new").fetch(10, timeout=0.3) == []
+    c.publish(f"{q}.x", b"5", confirm=True)
+    assert [m.seq for m in c.consumer(q, "d").fetch(10, timeout=1)] == [6]
+    assert [m.seq for m in c.consumer(q, "a").fetch(10, timeout=1)] == [6]   # groups are independent
+
+
+def test_pubsub_subscribers_still_get_their_copies(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>")
+    s = c.subscribe(f"{q}.>")
+    c.publish(f"{q}.x", b"both", confirm=True)
+    assert s.next_msg(5).data == b"both"
+
+
+def test_status_shows_queue_figures(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, f"{q}.>")
+    c.publish(f"{q}.x", b"1", confirm=True)
+    c.consumer(q, "g").fetch(1, timeout=1)
+
+    def figures():
+        for w in c.status()["workers"]:
+            if q in (w.get("queues") or {}):
+                return w["queues"][q]
+        return None
+    f = wait_until(lambda: (f := figures()) and f["groups"].get("g") and f, what="queue figures in status")
+    assert f["messages"] == 1 and f["groups"]["g"]["ack_pending"] == 1

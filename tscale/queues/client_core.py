@@ -1,0 +1,154 @@
+"""What the sync and asyncio clients share about queues (sans-I/O): requests, replies, messages."""
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import msgpack
+
+from .. import protocol
+from ..errors import ServerError, TscaleError
+from . import api
+from .model import E_NO_QUEUE, E_UNAVAILABLE, STARTING
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+class PubAck(NamedTuple):
+    """A confirmed publish: the queue that stored it, its sequence there, and whether a msg_id
+    made it a duplicate of an earlier publish (then `seq` is the first one's)."""
+    queue: str
+    seq: int
+    duplicate: bool
+
+
+def _is_no_responders(headers) -> bool:
+    return bool(headers) and headers.get(protocol.STATUS_HEADER) == protocol.NO_RESPONDERS_STATUS
+
+
+def decode_reply(data: bytes, headers=None, what: str = "queue request"):
+    """The value of an `{"ok": ...}` reply; ServerError for an error reply or no responders."""
+    if _is_no_responders(headers):
+        raise ServerError(E_UNAVAILABLE, f"{what}: nothing answers (the queue's home is unreachable)")
+    try:
+        d = msgpack.unpackb(data, raw=False)
+    except Exception:
+        raise TscaleError(f"{what}: undecodable reply") from None
+    if type(d) is not dict:
+        raise TscaleError(f"{what}: unexpected reply {d!r}")
+    if "error" in d:
+        raise ServerError(str(d["error"]), str(d.get("message", "")))
+    return d.get("ok", d)
+
+
+def decode_pub_ack(name: str, data: bytes, headers) -> PubAck:
+    if _is_no_responders(headers):
+        raise ServerError(E_NO_QUEUE, f"no queue stores {name!r} (nothing is subscribed to it)")
+    d = decode_reply(data, None, f"publish {name!r}")
+    try:
+        return PubAck(str(d["queue"]), int(d["seq"]), bool(d["duplicate"]))
+    except (KeyError, TypeError, ValueError):
+        raise TscaleError(f"publish {name!r}: unexpected confirm {d!r}") from None
+
+
+def retry_starting(exc: ServerError, deadline: float) -> bool:
+    """True (after a short pause) if the queue's worker said it is still starting and time is left."""
+    if exc.code != E_UNAVAILABLE or exc.message != STARTING or time.monotonic() + 0.05 >= deadline:
+        return False
+    time.sleep(0.05)   # the worker opens its queues within ~100 ms of its start
+    return True
+
+
+def confirm_headers(headers: dict | None, msg_id: str | None) -> dict:
+    h = dict(headers) if headers else {}
+    h[api.H_CONFIRM] = "1"
+    if msg_id is not None:
+        if type(msg_id) is not str or not 1 <= len(msg_id) <= api.MAX_MSG_ID:
+            raise TscaleError(f"msg_id must be a string of 1..{api.MAX_MSG_ID} characters")
+        h[api.H_MSG_ID] = msg_id
+    return h
+
+
+def queue_config(name: str, subjects, **options) -> dict:
+    """The add request's config map; `subjects` a list or comma-separated string. None options are left out."""
+    if isinstance(subjects, str):
+        subjects = [s.strip() for s in subjects.split(",") if s.strip()]
+    d = {"name": name, "subjects": list(subjects)}
+    d.update({k: v for k, v in options.items() if v is not None})
+    return d
+
+
+def request(op: str, **fields) -> bytes:
+    fields["op"] = op
+    return _pack({k: v for k, v in fields.items() if v is not None})
+
+
+def start_value(start):
+    """first|last|new|SEQ (int or digits) -> the wire form of a new group's start."""
+    if start is None or start in ("first", "last", "new"):
+        return start
+    if isinstance(start, int) or (isinstance(start, str) and start.isdigit()):
+        return int(start)
+    raise TscaleError("start must be first, last, new or a sequence number")
+
+
+class QueueMsg:
+    """One delivery of a queued event; answer it with ack(), nak(delay), in_progress() or term()."""
+
+    __slots__ = ("queue", "group", "seq", "name", "data", "headers", "deliveries", "time", "_answer")
+
+    def __init__(self, queue: str, group: str, item: list, answer):
+        self.queue = queue
+        self.group = group
+        self.seq, self.name, self.data, self.headers, self.deliveries, self.time = item
+        self._answer = answer
+
+    @property
+    def subject(self) -> str:
+        return self.name
+
+    def ack(self):
+        return self._answer("ack", self.seq, None)
+
+    def nak(self, delay: float | None = None):
+        return self._answer("nak", self.seq, delay)
+
+    def in_progress(self):
+        return self._answer("wip", self.seq, None)
+
+    def term(self):
+        return self._answer("term", self.seq, None)
+
+    def __repr__(self) -> str:
+        return f"QueueMsg(queue={self.queue!r}, seq={self.seq}, name={self.name!r}, deliveries={self.deliveries})"
+
+
+class FetchCollector:
+    """Gathers the reply chunks of one fetch."""
+
+    __slots__ = ("queue", "group", "answer", "msgs", "error", "done")
+
+    def __init__(self, queue: str, group: str, answer):
+        self.queue = queue
+        self.group = group
+        self.answer = answer
+        self.msgs: list = []
+        self.error: Exception | None = None
+        self.done = False
+
+    def feed(self, data: bytes, headers) -> bool:
+        """One reply event; True once the fetch is complete."""
+        try:
+            if _is_no_responders(headers):
+                raise ServerError(E_UNAVAILABLE, f"queue {self.queue!r}: nothing answers (home unreachable)")
+            d = msgpack.unpackb(data, raw=False)
+            if type(d) is not dict:
+                raise TscaleError("unexpected fetch reply")
+            if "error" in d:
+                raise ServerError(str(d["error"]), str(d.get("message", "")))
+            self.msgs.extend(QueueMsg(self.queue, self.group, m, self.answer) for m in d.get("msgs", ()))
+            self.done = bool(d.get("done", True))
+        except Exception as exc:   # a reply we cannot read ends the fetch with that error
+            self.error = exc
+            self.done = True
+        return self.done

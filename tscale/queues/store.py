@@ -1,0 +1,194 @@
+"""Where queued events live: a small storage interface and its sqlite implementation.
+
+One database per worker (`DATA_DIR/queues/w<index>.db`), one writer (that
+worker).  WAL journal, `synchronous=FULL`: COMMIT returns only after the WAL
+is fsynced, so an event whose confirm was sent survives a process crash, and a
+machine crash if the disk honours fsync.  The worker commits once per pass of
+its loop (group commit): one fsync covers every event, ack and delivery of
+that pass.
+
+A database written by a newer schema, or one that fails sqlite's integrity
+check, is refused with `StoreRefused`: the worker serves pub/sub and reports
+its queues unavailable, it never rewrites such a file.  Anything that can
+hold (seq -> event) and the group tables could replace `SqliteStore` (a
+segment log, for instance): the worker's shell only calls the methods below.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import msgpack
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
+                                   last_seq INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS msgs (qid INTEGER NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, name TEXT NOT NULL,
+                                 payload BLOB NOT NULL, meta BLOB, msg_id TEXT, PRIMARY KEY (qid, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (qid INTEGER NOT NULL, name TEXT NOT NULL, cursor INTEGER NOT NULL,
+                                   counters BLOB NOT NULL, PRIMARY KEY (qid, name)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                                    deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+"""
+
+
+class StoreRefused(Exception):
+    """The database cannot be used (newer schema, damaged, unreadable); the message says why."""
+
+
+class StoreFull(Exception):
+    """The disk (or the file system's quota) is full; nothing of the failed transaction was kept."""
+
+
+def _is_full(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
+
+
+class SqliteStore:
+    """The storage of one worker's queues."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        try:
+            db = self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreRefused(f"{path} was written by a newer tscale (schema {version}, this one "
+                                   f"reads {SCHEMA_VERSION}); refusing its queues, the file is left untouched")
+            check = db.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise StoreRefused(f"{path} is damaged ({check}); refusing its queues, the file is left untouched")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN")
+            for stmt in _SCHEMA.strip().split(";"):
+                if stmt.strip():
+                    db.execute(stmt)
+            if version == 0:
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise StoreRefused(f"{path} cannot be used as a queue database: {exc}") from None
+        except OSError as exc:
+            raise StoreRefused(f"{path}: {exc}") from None
+        self.in_txn = False
+
+    # -- reading --------------------------------------------------------------
+    def load(self):
+        """Every queue: yields (qid, config dict, last_seq, msgs [(seq, ts, size, msg_id)],
+        groups [(name, cursor, counters, [(seq, deliveries)])])."""
+        db = self.db
+        for qid, name, config, last_seq in db.execute("SELECT qid, name, config, last_seq FROM queues ORDER BY qid"):
+            msgs = db.execute("SELECT seq, ts, length(payload), msg_id FROM msgs WHERE qid=? ORDER BY seq",
+                              (qid,)).fetchall()
+            groups = []
+            for gname, cursor, counters in db.execute("SELECT name, cursor, counters FROM groups WHERE qid=?",
+                                                      (qid,)).fetchall():
+                pend = db.execute("SELECT seq, deliveries FROM pending WHERE qid=? AND grp=? ORDER BY seq",
+                                  (qid, gname)).fetchall()
+                groups.append((gname, cursor, msgpack.unpackb(counters), pend))
+            yield qid, msgpack.unpackb(config, raw=False), last_seq, msgs, groups
+
+    def read(self, qid: int, seqs: list[int]) -> dict:
+        """seq -> (name, payload, meta, ts) for the sequences that exist."""
+        out = {}
+        db = self.db
+        for k in range(0, len(seqs), 500):
+            part = seqs[k:k + 500]
+            q = f"SELECT seq, name, payload, meta, ts FROM msgs WHERE qid=? AND seq IN ({','.join('?' * len(part))})"
+            for seq, name, payload, meta, ts in db.execute(q, (qid, *part)):
+                out[seq] = (name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), ts)
+        return out
+
+    def disk_bytes(self) -> int:
+        n = 0
+        for suffix in ("", "-wal"):
+            try:
+                n += os.path.getsize(self.path + suffix)
+            except OSError:
+                pass
+        return n
+
+    # -- writing (inside the pass's transaction) --------------------------------
+    def _begin(self):
+        if not self.in_txn:
+            self.db.execute("BEGIN")
+            self.in_txn = True
+
+    def add_queue(self, config: dict) -> int:
+        self._begin()
+        cur = self.db.execute("INSERT INTO queues (name, config) VALUES (?, ?)",
+                              (config["name"], msgpack.packb(config)))
+        return cur.lastrowid
+
+    def remove_queue(self, qid: int) -> None:
+        self._begin()
+        for table in ("msgs", "groups", "pending"):
+            self.db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
+        self.db.execute("DELETE FROM queues WHERE qid=?", (qid,))
+
+    def append(self, rows: list) -> None:
+        """rows of (qid, seq, ts, name, payload, meta blob|None, msg_id|None)."""
+        self._begin()
+        self.db.executemany("INSERT OR REPLACE INTO msgs VALUES (?,?,?,?,?,?,?)", rows)
+
+    def apply(self, qid: int, last_seq: int, changes: list, groups: list) -> None:
+        """Persist a queue's change log (see model.Queue.changes) and its dirty groups."""
+        self._begin()
+        db = self.db
+        dels, pend, unpend = [], [], []
+        for c in changes:
+            kind = c[0]
+            if kind == "del":
+                dels.append((qid, c[1]))
+            elif kind == "pend":
+                pend.append((qid, c[1], c[2], c[3]))
+            elif kind == "unpend":
+                unpend.append((qid, c[1], c[2]))
+            elif kind == "purge":
+                db.execute("DELETE FROM msgs WHERE qid=?", (qid,))
+                db.execute("DELETE FROM pending WHERE qid=?", (qid,))
+                dels, pend, unpend = [], [], []
+        # order matters only within a kind: a seq is pended before it is unpended in one pass
+        if pend:
+            db.executemany("INSERT OR REPLACE INTO pending VALUES (?,?,?,?)", pend)
+        if unpend:
+            db.executemany("DELETE FROM pending WHERE qid=? AND grp=? AND seq=?", unpend)
+        if dels:
+            db.executemany("DELETE FROM msgs WHERE qid=? AND seq=?", dels)
+        if groups:
+            db.executemany("INSERT OR REPLACE INTO groups VALUES (?,?,?,?)",
+                           [(qid, n, cur, msgpack.packb(cnt)) for n, cur, cnt in groups])
+        db.execute("UPDATE queues SET last_seq=? WHERE qid=?", (last_seq, qid))
+
+    def commit(self) -> None:
+        """COMMIT (fsync).  Raises StoreFull or sqlite3.Error after rolling back."""
+        if not self.in_txn:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self.rollback()
+            if _is_full(exc):
+                raise StoreFull(str(exc)) from None
+            raise
+        finally:
+            self.in_txn = False
+
+    def rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.in_txn = False
+
+    def close(self) -> None:
+        try:
+            if self.in_txn:
+                self.commit()
+        finally:
+            self.db.close()

@@ -1,0 +1,462 @@
+"""The worker's shell around tscale/queues: durable queues homed on this worker.
+
+Mechanism ("store, then confirm"): a queue is an ordinary subscriber at its
+home worker.  Its subscription's connection is a *sink*: the worker's flush
+hands the sink its pending events instead of sending them, the sink numbers
+them (model) and writes them into the pass's transaction (store).  At the end
+of every loop pass the worker calls `commit()`: one COMMIT (one fsync) for
+everything the pass stored, acked or delivered, and only after it returns are
+the replies of the pass (publisher confirms, fetch results, API answers)
+published.  If COMMIT fails (disk full), the transaction is rolled back, the
+queues are reloaded from disk, and every confirm of the pass becomes a
+`storage_full` error: nothing confirmed is ever missing.
+
+Requests (`$Q.<queue>`, docs/PROTOCOL.md section 19) reach this worker through
+a local, unannounced subscription on `$Q.>`: only the owner of a name routes
+it, so each request lands on exactly one worker of the node, the queue's home.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import msgpack
+
+from tscale import bus, protocol
+from tscale.connstate import Connection
+from tscale.queues import api
+from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_FULL, E_UNAVAILABLE, Queue,
+                                 QueueConfig, QueueError, STARTING, patterns_overlap)
+from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
+from tscale.routing import Subscription
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
+
+
+class QState:
+    """One queue on this worker: its model, its row id, its sink connection and parked fetches."""
+
+    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched")
+
+    def __init__(self, q: Queue, qid: int):
+        self.q = q
+        self.qid = qid
+        self.conn: Connection | None = None
+        self.subs: list = []
+        self.waiters: list = []     # [group, batch, reply, deadline]
+        self.touched = False
+
+
+class QueueShell:
+    def __init__(self, worker):
+        self.w = worker
+        spec = worker.spec
+        self.node_name = spec.get("node_name", "")
+        self.path = os.path.join(spec.get("data_dir") or ".", "queues", f"w{worker.index}.db")
+        self.store: SqliteStore | None = None
+        self.refused: str | None = None
+        self.started = False
+        self.queues: dict[str, QState] = {}
+        self.catalog: dict[int, list] = {}     # other workers' [name, subjects, retention]
+        self.rows: list = []                   # message rows of this pass not yet handed to the store
+        self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
+        self.dirty = False
+        self.failed: Exception | None = None   # a write of this pass failed: roll back at commit
+        self.stats = {"stored": 0, "confirmed": 0, "storage_errors": 0, "commits": 0}
+        self.api = Connection(b"", 0.0)
+        self.api.direct = True                 # local only: never announced, never proxied
+        self.api.sink = self._take_api
+        self.api.name = "queue-api"
+        worker.table.add(Subscription(self.api, 0, api.API_PREFIX + ">", None))
+
+    # -- start / stop -----------------------------------------------------------
+    def start(self) -> None:
+        """Open the store and subscribe every queue.  Called once the in-host bus is synced, so the
+        queues' interest announcements reach every other worker."""
+        self.started = True
+        try:
+            self.store = SqliteStore(self.path)
+            self._load()
+        except StoreRefused as exc:
+            self.refused = str(exc)
+            self.store = None
+            self.w.log.error("queues: %s", exc)
+            return
+        if self.queues:
+            self.w.log.info("queues: %d loaded from %s", len(self.queues), self.path)
+        self._broadcast_defs()
+
+    def _load(self) -> None:
+        now = time.time()
+        for qs in list(self.queues.values()):
+            self._unsubscribe(qs)
+        old = self.queues
+        self.queues = {}
+        for qid, config, last_seq, msgs, groups in self.store.load():
+            try:
+                cfg = QueueConfig.parse(config)
+            except QueueError as exc:
+                self.w.log.error("queues: stored queue %r refused: %s", config.get("name"), exc.message)
+                continue
+            q = Queue(cfg)
+            for seq, ts, size, msg_id in msgs:
+                q.restore_msg(seq, ts, size, msg_id)
+            q.last_seq = max(last_seq, max((m[0] for m in msgs), default=0))
+            for name, cursor, counters, pend in groups:
+                q.restore_group(name, cursor, counters, pend, now)
+            qs = QState(q, qid)
+            prev = old.get(cfg.name)
+            if prev is not None:
+                qs.waiters = prev.waiters
+            self.queues[cfg.name] = qs
+            self._subscribe(qs)
+
+    def close(self) -> None:
+        if self.store is not None:
+            try:
+                self.commit()
+            finally:
+                self.store.close()
+
+    def _subscribe(self, qs: QState) -> None:
+        conn = qs.conn = Connection(b"", 0.0)
+        conn.name = "queue:" + qs.q.cfg.name
+        conn.sink = lambda out, qs=qs: self._take_events(qs, out)
+        for i, p in enumerate(qs.q.cfg.subjects):
+            s = Subscription(conn, i, p, None)
+            conn.subs[i] = s
+            qs.subs.append(s)
+            self.w.table.add(s)
+            self.w._announce(s, +1, None)
+
+    def _unsubscribe(self, qs: QState) -> None:
+        for s in qs.subs:
+            self.w.table.remove(s)
+            self.w._announce(s, -1, None)
+        qs.subs = []
+
+    def _broadcast_defs(self, to: int | None = None) -> None:
+        defs = [[n, qs.q.cfg.subjects, qs.q.cfg.retention] for n, qs in self.queues.items()]
+        self.w._bus_send(bus.ALL if to is None else bus.topic(to), _pack([bus.QUEUE_DEFS, self.w.index, defs]))
+
+    # -- input: events for a queue ------------------------------------------------
+    def _take_events(self, qs: QState, out: list) -> None:
+        """The sink of one queue: out is [MSG, sid, name, payload, meta, ...] from the worker's flush."""
+        now = time.time()
+        q = qs.q
+        rows = self.rows
+        qid = qs.qid
+        prev_payload = prev_name = None
+        outbox = self.outbox
+        qname = q.cfg.name
+        for i in range(1, len(out), 4):
+            name, payload, meta = out[i + 1], out[i + 2], out[i + 3]
+            if payload is prev_payload and name == prev_name:
+                continue            # the same event matched two patterns of this queue: store it once
+            prev_payload, prev_name = payload, name
+            reply, msg_id = api.confirm_wanted(meta) if meta is not None else (None, None)
+            try:
+                seq, dup = q.append(now, len(payload), msg_id)
+            except QueueError as exc:
+                if reply is not None:
+                    outbox.append(("confirm", reply, api.error(exc.code, exc.message), None))
+                continue
+            if not dup:
+                rows.append((qid, seq, now, name, payload,
+                             None if meta is None else _pack(meta), msg_id))
+            if reply is not None:
+                outbox.append(("confirm", reply, api.pub_ack(qname, seq, dup), None))
+        qs.touched = True
+        self.dirty = True
+        self._write_rows()
+
+    def _write_rows(self) -> None:
+        if self.rows and self.failed is None:
+            try:
+                self.store.append(self.rows)
+                self.stats["stored"] += len(self.rows)
+            except sqlite3.Error as exc:
+                self.failed = exc
+        self.rows = []
+
+    # -- input: API requests ----------------------------------------------------
+    def _take_api(self, out: list) -> None:
+        for i in range(1, len(out), 4):
+            name, payload, meta = out[i + 1], out[i + 2], out[i + 3]
+            reply = meta[1] if meta is not None else None
+            try:
+                op, queue, req = api.decode_request(name, payload)
+                value = self._request(op, queue, req, reply)
+                if reply is not None and value is not None:
+                    self.outbox.append(("api", reply, api.ok(value), None))
+            except QueueError as exc:
+                if reply is not None:
+                    self.outbox.append(("api", reply, api.error(exc.code, exc.message), None))
+        self.dirty = True
+
+    def _request(self, op: str, queue: str | None, req: dict, reply: str | None):
+        if op == "ls":
+            return [self._info(qs) for qs in self.queues.values()]
+        if not self.started:
+            raise QueueError(E_UNAVAILABLE, STARTING)
+        if self.refused is not None:
+            raise QueueError(E_UNAVAILABLE, self.refused)
+        if op == "add":
+            return self._add(queue, req["config"])
+        qs = self.queues.get(queue)
+        if qs is None:
+            raise QueueError(E_NOT_FOUND, f"no queue {queue!r}")
+        q = qs.q
+        now = time.time()
+        if op == "info":
+            return self._info(qs)
+        if op == "fetch":
+            g = q.group(req["group"], req.get("start"), now)
+            if not self._serve(qs, g.name, req.get("batch", 1), reply, now) and reply is not None:
+                expires = req.get("expires", 0)
+                if expires > 0:
+                    qs.waiters.append([g.name, req.get("batch", 1), reply, now + expires])
+                else:
+                    self.outbox.append(("fetch", reply, api.fetch_chunk([], True), None))
+            return None
+        qs.touched = True
+        if op in api.ACK_OPS:
+            g = q.groups.get(req["group"])
+            if g is None:
+                raise QueueError(E_NOT_FOUND, f"queue {queue!r} has no group {req['group']!r}")
+            n = 0
+            for seq in req["seqs"]:
+                if op == "ack":
+                    n += q.ack(g, seq)
+                elif op == "nak":
+                    n += q.nak(g, seq, now, req.get("delay"))
+                elif op == "wip":
+                    n += q.in_progress(g, seq, now)
+                else:
+                    n += q.term(g, seq)
+            return n
+        if op == "purge":
+            return q.purge()
+        if op == "rm":
+            self._unsubscribe(qs)
+            del self.queues[queue]
+            self._store_op(self.store.remove_queue, qs.qid)
+            for w in qs.waiters:
+                self.outbox.append(("fetch", w[2], api.error(E_NOT_FOUND, f"queue {queue!r} was removed"), None))
+            self._broadcast_defs()
+            return True
+        raise QueueError(E_BAD_CONFIG, f"unknown op {op}")   # unreachable: decode_request checks ops
+
+    def _store_op(self, fn, *args):
+        try:
+            return fn(*args)
+        except sqlite3.Error as exc:
+            self.failed = exc
+            raise QueueError(E_STORAGE_FULL if "full" in str(exc).lower() else E_UNAVAILABLE, str(exc)) from None
+
+    def _add(self, queue: str, config: dict) -> dict:
+        config = dict(config)
+        config.setdefault("name", queue)
+        if config["name"] != queue:
+            raise QueueError(E_BAD_CONFIG, "the config's name differs from the request's subject")
+        if not config.get("home"):
+            config["home"] = self.node_name
+        elif config["home"] != self.node_name:
+            raise QueueError(E_BAD_CONFIG, f"--home {config['home']!r}: this node is {self.node_name!r}; "
+                                           "add the queue while connected to its home node")
+        cfg = QueueConfig.parse(config)
+        existing = self.queues.get(queue)
+        if existing is not None:
+            if existing.q.cfg == cfg:
+                return self._info(existing)      # the same add again is idempotent
+            raise QueueError(E_EXISTS, f"queue {queue!r} exists with another configuration")
+        self._check_overlap(cfg)
+        qid = self._store_op(self.store.add_queue, cfg.to_dict())
+        qs = self.queues[queue] = QState(Queue(cfg), qid)
+        qs.touched = True
+        self._subscribe(qs)
+        self._broadcast_defs()
+        return self._info(qs)
+
+    def _check_overlap(self, cfg: QueueConfig) -> None:
+        """A work queue must be the only queue storing its events (one group deletes them)."""
+        others = [[n, qs.q.cfg.subjects, qs.q.cfg.retention] for n, qs in self.queues.items()]
+        for defs in self.catalog.values():
+            others += defs
+        for name, subjects, retention in others:
+            if name == cfg.name or (retention != "work" and cfg.retention != "work"):
+                continue
+            for a in cfg.subjects:
+                for b in subjects:
+                    if patterns_overlap(a, b):
+                        raise QueueError(E_BAD_CONFIG, f"pattern {a!r} overlaps {b!r} of queue {name!r}, and a "
+                                                       "work queue must be the only queue storing its events")
+
+    def _info(self, qs: QState) -> dict:
+        d = qs.q.info()
+        d["worker"] = self.w.index
+        d["db_disk_bytes"] = self.store.disk_bytes() if self.store is not None else 0
+        return d
+
+    def _serve(self, qs: QState, group: str, batch: int, reply: str | None, now: float) -> bool:
+        """Deliver up to `batch` events of `group` to `reply`; False if none was available."""
+        q = qs.q
+        g = q.groups[group]
+        got = q.fetch(g, batch, now)
+        if not got:
+            return False
+        qs.touched = True
+        self._write_rows()
+        rows = self.store.read(qs.qid, [s for s, _ in got])
+        chunk, size = [], 0
+        for seq, n in got:
+            r = rows.get(seq)
+            if r is None:
+                continue
+            name, payload, meta, ts = r
+            if size and size + len(payload) > REPLY_CHUNK:
+                self.outbox.append(("fetch", reply, api.fetch_chunk(chunk, False), None))
+                chunk, size = [], 0
+            chunk.append([seq, name, payload, meta[0] if meta else None, n, ts])
+            size += len(payload)
+        if reply is not None:
+            self.outbox.append(("fetch", reply, api.fetch_chunk(chunk, True), None))
+        return True
+
+    # -- the end of a pass --------------------------------------------------------
+    def busy(self) -> bool:
+        return self.dirty
+
+    def commit(self) -> None:
+        """Serve parked fetches, persist the pass, COMMIT, then publish the pass's replies."""
+        self.dirty = False
+        store = self.store
+        if store is None:
+            self._emit(self.outbox)
+            self.outbox = []
+            return
+        now = time.time()
+        self._write_rows()
+        for qs in self.queues.values():
+            if qs.touched:
+                qs.touched = False
+                if qs.waiters:
+                    self._wake(qs, now)
+                self._persist(qs)
+        if self.failed is None and store.in_txn:
+            try:
+                store.commit()
+                self.stats["commits"] += 1
+            except (StoreFull, sqlite3.Error) as exc:
+                self.failed = exc
+        if self.failed is not None:
+            self._recover()
+        outbox, self.outbox = self.outbox, []
+        self._emit(outbox)
+
+    def _persist(self, qs: QState) -> None:
+        changes, groups = qs.q.take_changes()
+        if self.failed is not None:
+            return
+        for c in changes:
+            if c[0] == "dlq":
+                self._dead_letter(qs, c[1], c[2], c[3])
+        try:
+            self.store.apply(qs.qid, qs.q.last_seq, changes, groups)
+        except sqlite3.Error as exc:
+            self.failed = exc
+
+    def _dead_letter(self, qs: QState, group: str, seq: int, deliveries: int) -> None:
+        r = self.store.read(qs.qid, [seq]).get(seq)
+        if r is None:
+            return
+        name, payload, meta, _ts = r
+        headers = dict(meta[0]) if meta and meta[0] else {}
+        headers.pop(api.H_CONFIRM, None)
+        headers.update({"Tscale-Queue": qs.q.cfg.name, "Tscale-Group": group, "Tscale-Seq": str(seq),
+                        "Tscale-Subject": name, "Tscale-Deliveries": str(deliveries)})
+        self.outbox.append(("dlq", api.dlq_subject(qs.q.cfg.name), payload, [headers, None]))
+
+    def _recover(self) -> None:
+        """A failed pass: roll back, reload every queue from disk, turn its confirms into errors."""
+        exc, self.failed = self.failed, None
+        self.stats["storage_errors"] += 1
+        full = isinstance(exc, StoreFull) or "full" in str(exc).lower()
+        code = E_STORAGE_FULL if full else E_UNAVAILABLE
+        self.w.rlog.warning(("queue-store",), "queues: a commit failed (%s); rolled back, reloading", exc)
+        self.store.rollback()
+        self.rows = []
+        kept = []
+        for kind, reply, payload, meta in self.outbox:
+            if kind in ("confirm", "api"):
+                kept.append((kind, reply, api.error(code, f"not stored: {exc}"), None))
+            elif kind == "fetch":
+                kept.append((kind, reply, api.fetch_chunk([], True), None))
+        self.outbox = kept
+        try:
+            self._load()
+        except sqlite3.Error as exc2:
+            self.refused = f"{self.path}: cannot reload after a failed commit: {exc2}"
+            self.w.log.error("queues: %s", self.refused)
+
+    def _emit(self, outbox: list) -> None:
+        if not outbox:
+            return
+        batch = [protocol.PUB]
+        for _kind, name, payload, meta in outbox:
+            batch += (name, payload, meta)
+            if _kind == "confirm":
+                self.stats["confirmed"] += 1
+        self.w._ingest(None, batch, 1)
+
+    def _wake(self, qs: QState, now: float) -> None:
+        """Serve parked fetches that can now get events; answer expired ones with nothing."""
+        keep = []
+        for w in qs.waiters:
+            group, batch, reply, deadline = w
+            if group in qs.q.groups and self._serve(qs, group, batch, reply, now):
+                continue
+            if deadline <= now:
+                self.outbox.append(("fetch", reply, api.fetch_chunk([], True), None))
+            else:
+                keep.append(w)
+        qs.waiters = keep
+
+    # -- housekeeping --------------------------------------------------------------
+    def tick(self, now_mono: float) -> None:
+        if not self.started or self.store is None:
+            return
+        now = time.time()
+        for qs in self.queues.values():
+            q = qs.q
+            if q.cfg.max_age or q.cfg.max_deliver:
+                q.tick(now)
+            if q.changes:
+                qs.touched = True
+                self.dirty = True
+            if qs.waiters:
+                qs.touched = True
+                self.dirty = True
+
+    def on_worker_hello(self, frm: int) -> None:
+        if self.started and self.store is not None:
+            self._broadcast_defs(frm)
+
+    def on_defs(self, frm: int, defs) -> None:
+        if type(defs) is list:
+            self.catalog[frm] = [d for d in defs if type(d) is list and len(d) == 3]
+
+    def worker_down(self, k: int) -> None:
+        self.catalog.pop(k, None)
+
+    def figures(self) -> dict:
+        out = {}
+        for name, qs in self.queues.items():
+            d = qs.q.info()
+            del d["config"]
+            d["subjects"] = qs.q.cfg.subjects
+            d["retention"] = qs.q.cfg.retention
+            out[name] = d
+        return out
