@@ -194,6 +194,10 @@ class QueueShell:
             except QueueError as exc:
                 if reply is not None:
                     self.outbox.append(("api", reply, api.error(exc.code, exc.message), None))
+            except Exception as exc:   # a bug must cost one request, not the worker and its queues
+                self.w.log.exception("queues: request on %s failed", name)
+                if reply is not None:
+                    self.outbox.append(("api", reply, api.error("internal", f"{type(exc).__name__}: {exc}"), None))
         self.dirty = True
 
     def _request(self, op: str, queue: str | None, req: dict, reply: str | None):

@@ -80,7 +80,7 @@ def decode_request(name: str, payload) -> tuple[str, str | None, dict]:
     if type(req) is not dict:
         _bad("a queue request is a msgpack map with an \"op\"")
     op = req.get("op")
-    if op not in OPS:
+    if type(op) is not str or op not in OPS:
         _bad(f"op must be one of {', '.join(sorted(OPS))}")
     if (op == "ls") != (queue is None):
         _bad("ls goes to $Q.$LS.<n>, every other op to $Q.<queue>")
