@@ -1,6 +1,8 @@
 """Durable queues end to end on one node: real processes, real sqlite files (docs/QUEUES.md)."""
 from __future__ import annotations
 
+import json
+
 import msgpack
 import pytest
 
@@ -226,3 +228,39 @@ def test_status_shows_queue_figures(node2, clients):
         return None
     f = wait_until(lambda: (f := figures()) and f["groups"].get("g") and f, what="queue figures in status")
     assert f["messages"] == 1 and f["groups"]["g"]["ack_pending"] == 1
+
+
+def test_cli_queue_pub_confirm_and_consume(node2):
+    from conftest import cli, json_lines
+    s = ["--server", node2.addr]
+    q = qname("cli")
+    r = cli(["queue", "add", q, "--subjects", f"{q}.a,{q}.b", "--max-msgs", "100", "--ack-wait", "2",
+             "--backoff", "1,2", "--dedupe-window", "30", *s])
+    assert r.returncode == 0, r.stderr
+    assert f"queue {q}" in r.stdout.decode()
+    r = cli(["pub", f"{q}.a", "job", "--confirm", "--count", "3", *s])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"stored in {q} seq {i}" for i in (1, 2, 3)]
+    r = cli(["pub", f"{q}.b", "once", "--confirm", "--msg-id", "m1", "--count", "2", *s])
+    assert r.stdout.decode().splitlines() == [f"stored in {q} seq 4", f"stored in {q} seq 4 (duplicate)"]
+    r = cli(["pub", qname("none") + ".x", "lost", "--confirm", *s])
+    assert r.returncode == 1 and b"no queue" in r.stderr
+    r = cli(["queue", "info", q, "--json", *s])
+    assert json.loads(r.stdout)["messages"] == 4
+    assert q in cli(["queue", "ls", *s]).stdout.decode()
+    assert q in [d["config"]["name"] for d in json.loads(cli(["queue", "ls", "--json", *s]).stdout)]
+    r = cli(["consume", q, "--group", "g", "--count", "2", "--json", *s])
+    assert r.returncode == 0, r.stderr
+    assert [(m["seq"], m["data"]) for m in json_lines(r.stdout)] == [(1, "job"), (2, "job")]
+    r = cli(["consume", q, "--group", "g", "--count", "2", "--no-ack", *s])
+    assert r.stdout.decode().splitlines() == [f"[{q}.a] #3 job", f"[{q}.b] #4 once"]
+    r = cli(["consume", q, "--group", "g", "--timeout", "0.5", *s])
+    assert r.returncode == 1 and b"no event within" in r.stderr       # 3 and 4 wait for their ack_wait
+    r = cli(["consume", q, "--group", "late", "--start", "last", "--count", "1", *s])
+    assert r.stdout.decode().splitlines() == [f"[{q}.b] #4 once"]
+    r = cli(["queue", "add", "bad name", "--subjects", "x", *s])
+    assert r.returncode == 1 and b"queue name must be" in r.stderr
+    assert cli(["queue", "purge", q, *s]).stdout.decode().strip() == f"queue {q}: 4 events purged"
+    assert cli(["queue", "rm", q, *s]).returncode == 0
+    r = cli(["queue", "info", q, *s])
+    assert r.returncode == 1 and b"queue_not_found" in r.stderr

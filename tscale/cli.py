@@ -106,12 +106,22 @@ def pub(
     data: Optional[str] = typer.Argument(None, help="payload; read from stdin when omitted"),
     header: List[str] = typer.Option([], "--header", "-H", help="KEY=VALUE, repeatable"),
     count: int = typer.Option(1, help="publish the event this many times"),
+    confirm: bool = typer.Option(False, "--confirm", help="wait until a durable queue stored each event; print "
+                                                          "where; exit 1 if no queue stored it"),
+    msg_id: Optional[str] = typer.Option(None, "--msg-id", help="with --confirm: idempotency key within the "
+                                                                "queue's dedupe window"),
     server: Optional[str] = ServerOpt,
 ):
     """Publish an event."""
     payload = sys.stdin.buffer.read() if data is None else data.encode()
     headers = _headers(header)
+    if msg_id is not None and not confirm:
+        _fail(EXIT_USAGE, "--msg-id needs --confirm")
     with _session(server, "tscale-pub") as c:
+        if confirm:
+            from .cli_queue import publish_confirmed
+            publish_confirmed(c, name, payload, headers, count, msg_id)
+            return
         for _ in range(count):
             c.publish(name, payload, headers=headers)
         c.flush()
@@ -281,6 +291,12 @@ def bench(
 def version():
     """Print the version."""
     print(__version__)
+
+
+from .cli_queue import consume, queue_app  # noqa: E402  (its commands use the helpers above)
+
+app.add_typer(queue_app, name="queue")
+app.command()(consume)
 
 
 def main():

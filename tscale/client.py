@@ -574,10 +574,10 @@ class Client(CoreView):
     def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
         """Create a durable queue (options as in `tscale queue add`: retention, max_msgs, max_bytes,
         max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home); returns its info."""
-        return self._q_call(qapi.api_subject(name), "add", timeout, config=qc.queue_config(name, subjects, **options))
+        return self._q_call(qc.subject_for(name), "add", timeout, config=qc.queue_config(name, subjects, **options))
 
     def queue_info(self, name: str, timeout: float = 5.0) -> dict:
-        return self._q_call(qapi.api_subject(name), "info", timeout)
+        return self._q_call(qc.subject_for(name), "info", timeout)
 
     def queue_ls(self, timeout: float = 5.0) -> list:
         """Every queue of the node this client is connected to (asks each worker)."""
@@ -587,10 +587,10 @@ class Client(CoreView):
         return sorted(out, key=lambda d: d["config"]["name"])
 
     def queue_rm(self, name: str, timeout: float = 5.0) -> None:
-        self._q_call(qapi.api_subject(name), "rm", timeout)
+        self._q_call(qc.subject_for(name), "rm", timeout)
 
     def queue_purge(self, name: str, timeout: float = 5.0) -> int:
-        return self._q_call(qapi.api_subject(name), "purge", timeout)
+        return self._q_call(qc.subject_for(name), "purge", timeout)
 
     def consumer(self, queue: str, group: str, start=None, batch: int = 100) -> "Consumer":
         """A member of consumer group `group` of `queue` (created at `start` if new:
@@ -656,7 +656,7 @@ class Consumer:
         self.group = group
         self.start = start
         self.batch = batch
-        self.subject = qapi.api_subject(queue)
+        self.subject = qc.subject_for(queue)
         self._buf: collections.deque = collections.deque()
 
     def _answer(self, op: str, seq: int, delay):

@@ -9,7 +9,7 @@ import msgpack
 from .. import protocol
 from ..errors import ServerError, TscaleError
 from . import api
-from .model import E_NO_QUEUE, E_UNAVAILABLE, STARTING
+from .model import E_NO_QUEUE, E_UNAVAILABLE, STARTING, name_error
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
@@ -76,6 +76,14 @@ def queue_config(name: str, subjects, **options) -> dict:
     d = {"name": name, "subjects": list(subjects)}
     d.update({k: v for k, v in options.items() if v is not None})
     return d
+
+
+def subject_for(queue: str) -> str:
+    """The request subject of a queue, after checking its name here (a clear error, no round trip)."""
+    e = name_error(queue)
+    if e:
+        raise TscaleError(f"{queue!r}: {e}")
+    return api.api_subject(queue)
 
 
 def request(op: str, **fields) -> bytes:
