@@ -264,3 +264,42 @@ def test_cli_queue_pub_confirm_and_consume(node2):
     assert cli(["queue", "rm", q, *s]).returncode == 0
     r = cli(["queue", "info", q, *s])
     assert r.returncode == 1 and b"queue_not_found" in r.stderr
+
+
+def test_asyncio_twin_confirms_consumes_and_acks(node2):
+    import asyncio
+
+    from tscale.aio import Client
+
+    async def main():
+        c = await Client.connect(node2.addr, name="test-aio-queue")
+        try:
+            q = qname("aio")
+            info = await c.queue_add(q, [f"{q}.>"], ack_wait=1.0)
+            assert info["config"]["name"] == q
+            ack = await c.publish(f"{q}.x", b"one", confirm=True, msg_id="a")
+            assert (ack.seq, ack.duplicate) == (1, False)
+            assert (await c.publish(f"{q}.x", b"one", confirm=True, msg_id="a")).duplicate
+            acks = await asyncio.gather(*[await c.publish_future(f"{q}.x", b"%d" % i) for i in range(200)])
+            assert sorted(a.seq for a in acks) == list(range(2, 202))
+            cons = c.consumer(q, "g")
+            got = await cons.fetch(500, timeout=2)
+            assert [m.seq for m in got] == list(range(1, 202))
+            for m in got[1:]:
+                await m.ack()
+            await got[0].nak()
+            again = await cons.fetch(10, timeout=2)
+            assert [(m.seq, m.deliveries) for m in again] == [(1, 2)]
+            await again[0].term()
+            await c.flush()
+            g = (await c.queue_info(q))["groups"]["g"]
+            assert (g["acked"], g["terminated"], g["ack_pending"]) == (200, 1, 0)
+            assert q in [d["config"]["name"] for d in await c.queue_ls()]
+            assert await c.queue_purge(q) == 201
+            await c.queue_rm(q)
+            with pytest.raises(tscale.ServerError):
+                await c.queue_info(q)
+        finally:
+            await c.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

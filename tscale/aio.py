@@ -19,7 +19,9 @@ from zmq.utils.monitor import parse_monitor_message
 from . import protocol
 from .client import DEFAULT_PENDING_LIMIT, MAX_QUEUED_FRAMES, default_server
 from .client_core import ClientCore, CoreView, Msg, SubState, parse_address
-from .errors import ConnectError, NoResponders, Timeout, TscaleError
+from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
+from .queues import api as qapi
+from .queues import client_core as qc
 
 log = logging.getLogger("tscale.aio")
 
@@ -101,6 +103,7 @@ class Client(CoreView):
         self._subs: dict[int, Subscription] = {}
         self._reply_waiters: dict[str, asyncio.Future] = {}
         self._inbox_sub: Subscription | None = None
+        self._q_handlers: dict = {}     # reply name -> handler(msg) -> True when done (confirms, fetches)
         self._closed = False
         self._tasks: list[asyncio.Task] = []
         self._monitors: list = []
@@ -247,7 +250,17 @@ class Client(CoreView):
         self._outq[k].append(frame)
         self._wake.set()
 
-    async def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None) -> None:
+    async def publish(self, name: str, data=b"", headers: dict | None = None, reply: str | None = None,
+                      confirm: bool = False, msg_id: str | None = None, timeout: float = 5.0):
+        """With `confirm=True` return the PubAck once a durable queue stored the event; to pipeline
+        confirms, gather several `publish_future()` results."""
+        if confirm:
+            f = await self.publish_future(name, data, headers, msg_id)
+            try:
+                return await asyncio.wait_for(f, timeout)
+            except asyncio.TimeoutError:
+                self._q_handlers.pop(f.reply, None)
+                raise Timeout(f"publish {name!r}: no queue confirmed within {timeout:g}s") from None
         self._check_open()
         k = self._core.add_event(name, data, headers, reply)
         if k < 0:
@@ -329,9 +342,78 @@ class Client(CoreView):
         return msg
 
     def _on_reply(self, msg: Msg):
+        h = self._q_handlers.get(msg.name)
+        if h is not None:
+            if h(msg):
+                self._q_handlers.pop(msg.name, None)
+            return
         f = self._reply_waiters.pop(msg.name, None)
         if f is not None and not f.done():
             f.set_result(msg)
+
+    # -- durable queues (docs/QUEUES.md) ------------------------------------------------
+    async def _q_reply_name(self) -> str:
+        if self._inbox_sub is None:
+            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
+        return self._core.inbox()
+
+    async def publish_future(self, name: str, data=b"", headers: dict | None = None,
+                             msg_id: str | None = None) -> asyncio.Future:
+        """Publish with confirm; the returned future resolves to the PubAck (`.reply` is its reply name)."""
+        self._check_open()
+        h = qc.confirm_headers(headers, msg_id)
+        reply = await self._q_reply_name()
+        f = asyncio.get_running_loop().create_future()
+        f.reply = reply
+
+        def done(msg: Msg) -> bool:
+            if not f.done():
+                try:
+                    f.set_result(qc.decode_pub_ack(name, msg.data, msg.headers))
+                except TscaleError as exc:
+                    f.set_exception(exc)
+            return True
+
+        self._q_handlers[reply] = done
+        await self.publish(name, data, headers=h, reply=reply)
+        return f
+
+    async def _q_call(self, subject: str, op: str, timeout: float, **fields):
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                msg = await self.request(subject, qc.request(op, **fields), timeout=timeout)
+            except NoResponders:
+                raise ServerError(qc.E_UNAVAILABLE, f"{subject}: nothing answers (the queue's home is "
+                                                    "unreachable)") from None
+            try:
+                return qc.decode_reply(msg.data, msg.headers, f"queue {op}")
+            except ServerError as exc:
+                if not qc.should_retry(exc, deadline - asyncio.get_running_loop().time()):
+                    raise
+            await asyncio.sleep(qc.RETRY_PAUSE)
+
+    async def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
+        return await self._q_call(qc.subject_for(name), "add", timeout,
+                                  config=qc.queue_config(name, subjects, **options))
+
+    async def queue_info(self, name: str, timeout: float = 5.0) -> dict:
+        return await self._q_call(qc.subject_for(name), "info", timeout)
+
+    async def queue_ls(self, timeout: float = 5.0) -> list:
+        out = []
+        for subject in qapi.ls_subjects(self._core.workers):
+            out += await self._q_call(subject, "ls", timeout)
+        return sorted(out, key=lambda d: d["config"]["name"])
+
+    async def queue_rm(self, name: str, timeout: float = 5.0) -> None:
+        await self._q_call(qc.subject_for(name), "rm", timeout)
+
+    async def queue_purge(self, name: str, timeout: float = 5.0) -> int:
+        return await self._q_call(qc.subject_for(name), "purge", timeout)
+
+    def consumer(self, queue: str, group: str, start=None, batch: int = 100) -> "Consumer":
+        return Consumer(self, queue, group, qc.start_value(start), batch)
 
     async def status(self, timeout: float = 5.0) -> dict:
         return await self._call(0, lambda req: protocol.pack([protocol.STATUS, req]), timeout, "status")
@@ -377,3 +459,53 @@ class Client(CoreView):
 
     async def __aexit__(self, *exc):
         await self.close()
+
+
+class Consumer:
+    """Pull consumer: `await fetch(batch, timeout)` or `async for`; `await msg.ack()` / nak / in_progress / term."""
+
+    def __init__(self, client: Client, queue: str, group: str, start, batch: int):
+        self._client = client
+        self.queue = queue
+        self.group = group
+        self.start = start
+        self.batch = batch
+        self.subject = qc.subject_for(queue)
+        self._buf: collections.deque = collections.deque()
+
+    def _answer(self, op: str, seq: int, delay):
+        return self._client.publish(self.subject, qc.request(op, group=self.group, seqs=[seq], delay=delay))
+
+    async def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
+        c = self._client
+        c._check_open()
+        coll = qc.FetchCollector(self.queue, self.group, self._answer)
+        got = asyncio.Event()
+
+        def feed(msg: Msg) -> bool:
+            if coll.feed(msg.data, msg.headers):
+                got.set()
+                return True
+            return False
+
+        reply = await c._q_reply_name()
+        c._q_handlers[reply] = feed
+        expires = min(max(timeout, 0.0), qapi.MAX_EXPIRES)
+        await c.publish(self.subject, qc.request("fetch", group=self.group, batch=batch or self.batch,
+                                                 expires=expires, start=self.start), reply=reply)
+        try:
+            await asyncio.wait_for(got.wait(), expires + 2.0)
+        except asyncio.TimeoutError:
+            c._q_handlers.pop(reply, None)
+            raise Timeout(f"fetch from queue {self.queue!r}: no answer within {expires + 2.0:g}s") from None
+        if coll.error is not None:
+            raise coll.error
+        return coll.msgs
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        while not self._buf:
+            self._buf.extend(await self.fetch(self.batch, timeout=5.0))
+        return self._buf.popleft()

@@ -568,8 +568,9 @@ class Client(CoreView):
             try:
                 return qc.decode_reply(msg.data, msg.headers, f"queue {op}")
             except ServerError as exc:
-                if not qc.retry_starting(exc, deadline):
+                if not qc.should_retry(exc, deadline - time.monotonic()):
                     raise
+            time.sleep(qc.RETRY_PAUSE)
 
     def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
         """Create a durable queue (options as in `tscale queue add`: retention, max_msgs, max_bytes,

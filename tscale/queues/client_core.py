@@ -1,7 +1,6 @@
 """What the sync and asyncio clients share about queues (sans-I/O): requests, replies, messages."""
 from __future__ import annotations
 
-import time
 from typing import NamedTuple
 
 import msgpack
@@ -51,12 +50,12 @@ def decode_pub_ack(name: str, data: bytes, headers) -> PubAck:
         raise TscaleError(f"publish {name!r}: unexpected confirm {d!r}") from None
 
 
-def retry_starting(exc: ServerError, deadline: float) -> bool:
-    """True (after a short pause) if the queue's worker said it is still starting and time is left."""
-    if exc.code != E_UNAVAILABLE or exc.message != STARTING or time.monotonic() + 0.05 >= deadline:
-        return False
-    time.sleep(0.05)   # the worker opens its queues within ~100 ms of its start
-    return True
+RETRY_PAUSE = 0.05   # the worker opens its queues within ~100 ms of its start
+
+
+def should_retry(exc: ServerError, time_left: float) -> bool:
+    """True if the queue's worker said it is still starting and there is time left to ask again."""
+    return exc.code == E_UNAVAILABLE and exc.message == STARTING and time_left > RETRY_PAUSE
 
 
 def confirm_headers(headers: dict | None, msg_id: str | None) -> dict:
