@@ -303,3 +303,18 @@ def test_asyncio_twin_confirms_consumes_and_acks(node2):
             await c.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_overlapping_patterns_store_each_event_once_and_tiny_payloads_are_kept(node2, clients):
+    c = clients(node2)
+    q = qname()
+    c.queue_add(q, [f"{q}.*", f"{q}.a", f"{q}.>"])
+    for data in (b"", b"", b"x", b"x"):      # equal one-byte payloads are one object in CPython
+        c.publish(f"{q}.a", data)
+        c.publish(f"{q}.b.c", data)
+    c.publish(f"{q}.a", b"end", confirm=True)
+    info = c.queue_info(q)
+    assert info["messages"] == 9
+    got = c.consumer(q, "g").fetch(20, timeout=1)
+    by_name = {n: [m.data for m in got if m.name == n] for n in (f"{q}.a", f"{q}.b.c")}
+    assert by_name == {f"{q}.a": [b"", b"", b"x", b"x", b"end"], f"{q}.b.c": [b"", b"", b"x", b"x"]}

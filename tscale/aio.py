@@ -354,7 +354,9 @@ class Client(CoreView):
     # -- durable queues (docs/QUEUES.md) ------------------------------------------------
     async def _q_reply_name(self) -> str:
         if self._inbox_sub is None:
-            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
+            # confirm="cluster": a queue's home on another node must know the inbox before it answers
+            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply,
+                                                   confirm="cluster")
         return self._core.inbox()
 
     async def publish_future(self, name: str, data=b"", headers: dict | None = None,

@@ -528,7 +528,8 @@ class Client(CoreView):
     # -- durable queues (docs/QUEUES.md) -------------------------------------------
     def _q_reply_name(self) -> str:
         if self._q_sub is None:
-            self._q_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._q_on_reply)
+            # confirm="cluster": a queue's home on another node must know the inbox before it answers
+            self._q_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._q_on_reply, confirm="cluster")
         return self._core.inbox()
 
     def _q_on_reply(self, msg: Msg):

@@ -30,6 +30,7 @@ from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_
                                  QueueConfig, QueueError, STARTING, patterns_overlap)
 from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
 from tscale.routing import Subscription
+from tscale.subjects import matches
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
@@ -38,7 +39,7 @@ REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger eve
 class QState:
     """One queue on this worker: its model, its row id, its sink connection and parked fetches."""
 
-    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched")
+    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched", "overlap")
 
     def __init__(self, q: Queue, qid: int):
         self.q = q
@@ -47,6 +48,7 @@ class QState:
         self.subs: list = []
         self.waiters: list = []     # [group, batch, reply, deadline]
         self.touched = False
+        self.overlap = False        # two of its patterns can match one name
 
 
 class QueueShell:
@@ -60,6 +62,7 @@ class QueueShell:
         self.started = False
         self.queues: dict[str, QState] = {}
         self.catalog: dict[int, list] = {}     # other workers' [name, subjects, retention]
+        self.remote: set[str] = set()          # queues seen homed on other nodes
         self.rows: list = []                   # message rows of this pass not yet handed to the store
         self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
         self.dirty = False
@@ -70,6 +73,10 @@ class QueueShell:
         self.api.sink = self._take_api
         self.api.name = "queue-api"
         worker.table.add(Subscription(self.api, 0, api.API_PREFIX + ">", None))
+        self.beacon = Connection(b"", 0.0)     # holds the announced `$Q.<queue>` subscriptions
+        self.beacon.direct = True
+        self.beacon.sink = lambda out: None
+        self.beacon.name = "queue-api-interest"
 
     # -- start / stop -----------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +128,15 @@ class QueueShell:
                 self.store.close()
 
     def _subscribe(self, qs: QState) -> None:
+        # The queue's request subject, announced to the cluster so that other nodes route its
+        # requests here; the local `$Q.>` subscription of the API is what handles them, so this
+        # one's connection throws its copies away.
+        s = Subscription(self.beacon, qs.qid, api.api_subject(qs.q.cfg.name), None)
+        qs.subs.append(s)
+        self.w.table.add(s)
+        self.w._announce(s, +1, None)
+        subjects = qs.q.cfg.subjects
+        qs.overlap = any(patterns_overlap(a, b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
         conn = qs.conn = Connection(b"", 0.0)
         conn.name = "queue:" + qs.q.cfg.name
         conn.sink = lambda out, qs=qs: self._take_events(qs, out)
@@ -148,14 +164,20 @@ class QueueShell:
         q = qs.q
         rows = self.rows
         qid = qs.qid
-        prev_payload = prev_name = None
         outbox = self.outbox
         qname = q.cfg.name
+        overlap = qs.overlap
+        subjects = q.cfg.subjects
+        skip = 0
         for i in range(1, len(out), 4):
+            if skip:
+                skip -= 1
+                continue
             name, payload, meta = out[i + 1], out[i + 2], out[i + 3]
-            if payload is prev_payload and name == prev_name:
-                continue            # the same event matched two patterns of this queue: store it once
-            prev_payload, prev_name = payload, name
+            if overlap:
+                # An event that matches k patterns of this queue arrives as k consecutive copies
+                # (one route, one append per matching subscription): store it once.
+                skip = sum(1 for p in subjects if matches(p, name)) - 1
             reply, msg_id = api.confirm_wanted(meta) if meta is not None else (None, None)
             try:
                 seq, dup = q.append(now, len(payload), msg_id)
@@ -207,10 +229,16 @@ class QueueShell:
             raise QueueError(E_UNAVAILABLE, STARTING)
         if self.refused is not None:
             raise QueueError(E_UNAVAILABLE, self.refused)
+        qs = self.queues.get(queue)
+        if qs is None and self.w.table.route(api.api_subject(queue)).peers:
+            if op == "add":
+                raise QueueError(E_EXISTS, f"queue {queue!r} exists on another node; one home per queue")
+            return None             # its home is another node: that node answers
         if op == "add":
             return self._add(queue, req["config"])
-        qs = self.queues.get(queue)
         if qs is None:
+            if queue in self.remote:
+                raise QueueError(E_UNAVAILABLE, f"queue {queue!r}: its home node is unreachable")
             raise QueueError(E_NOT_FOUND, f"no queue {queue!r}")
         q = qs.q
         now = time.time()
@@ -443,6 +471,15 @@ class QueueShell:
             if qs.waiters:
                 qs.touched = True
                 self.dirty = True
+
+    def seen_remote(self, entries) -> None:
+        """Remember queues homed on other nodes (their `$Q.<queue>` interest), so that a request
+        for one whose home went away is answered `queue_unavailable`, not `queue_not_found`."""
+        for e in entries:
+            p = e[0]
+            if type(p) is str and p.startswith(api.API_PREFIX) and not p.startswith(api.LS_PREFIX):
+                if len(self.remote) < 100_000:
+                    self.remote.add(p[len(api.API_PREFIX):])
 
     def on_worker_hello(self, frm: int) -> None:
         if self.started and self.store is not None:

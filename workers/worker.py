@@ -679,6 +679,7 @@ class Worker:
                 self._answer_status()
             elif kind == bus.PEER_INTEREST:
                 self.table.apply_link_entries(cmd[2], cmd[4], cmd[3])
+                self.queues.seen_remote(cmd[4])
             elif kind == bus.PEERS:
                 self._set_peers(cmd[2])
             elif kind == bus.SYNC_REQ:
@@ -690,6 +691,7 @@ class Worker:
                     self._set_peers(cmd[3])
                     for peer, entries in cmd[4].items():
                         self.table.replace_link(peer, entries)
+                        self.queues.seen_remote(entries)
                     self.synced.add(bus.SUPERVISOR)
                     self._start_queues()
 
