@@ -380,14 +380,24 @@ class Client(CoreView):
         await self.publish(name, data, headers=h, reply=reply)
         return f
 
+    async def _q_request(self, subject: str, payload: bytes, timeout: float) -> Msg:
+        """One request on the queue inbox (subscribed cluster-wide)."""
+        f = asyncio.get_running_loop().create_future()
+        reply = await self._q_reply_name()
+        self._q_handlers[reply] = lambda msg: f.done() or f.set_result(msg) or True
+        try:
+            await self.publish(subject, payload, reply=reply)
+            return await asyncio.wait_for(f, timeout)
+        except asyncio.TimeoutError:
+            raise Timeout(f"{subject}: no answer within {timeout:g}s") from None
+        finally:
+            self._q_handlers.pop(reply, None)
+
     async def _q_call(self, subject: str, op: str, timeout: float, **fields):
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         while True:
-            try:
-                msg = await self.request(subject, qc.request(op, **fields), timeout=timeout)
-            except NoResponders:
-                raise ServerError(qc.E_UNAVAILABLE, f"{subject}: nothing answers (the queue's home is "
-                                                    "unreachable)") from None
+            msg = await self._q_request(subject, qc.request(op, **fields), max(0.1, deadline - loop.time()))
             try:
                 return qc.decode_reply(msg.data, msg.headers, f"queue {op}")
             except ServerError as exc:

@@ -558,14 +558,23 @@ class Client(CoreView):
         self.publish(name, data, headers=h, reply=reply)
         return f
 
+    def _q_request(self, subject: str, payload: bytes, timeout: float) -> Msg:
+        """One request on the queue inbox (known cluster-wide, unlike a request lane's inbox)."""
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        reply = self._q_reply_name()
+        self._q_handlers[reply] = lambda msg: f.done() or f.set_result(msg) or True
+        self.publish(subject, payload, reply=reply)
+        try:
+            return f.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise Timeout(f"{subject}: no answer within {timeout:g}s") from None
+        finally:
+            self._q_handlers.pop(reply, None)
+
     def _q_call(self, subject: str, op: str, timeout: float, **fields):
         deadline = time.monotonic() + timeout
         while True:
-            try:
-                msg = self.request(subject, qc.request(op, **fields), timeout=timeout)
-            except NoResponders:
-                raise ServerError(qc.E_UNAVAILABLE, f"{subject}: nothing answers (the queue's home is "
-                                                    "unreachable)") from None
+            msg = self._q_request(subject, qc.request(op, **fields), max(0.1, deadline - time.monotonic()))
             try:
                 return qc.decode_reply(msg.data, msg.headers, f"queue {op}")
             except ServerError as exc:

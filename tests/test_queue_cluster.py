@@ -1,0 +1,93 @@
+"""Durable queues across nodes: home on A, publisher on C, consumer on B (tests/clusterkit.py)."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import tscale
+from clusterkit import HOSTS, ClusterRun, Topo, wait_one_tree
+from conftest import uniq, wait_until
+
+
+@pytest.fixture
+def run(tmp_path):
+    r = ClusterRun(tmp_path)
+    try:
+        yield r
+    finally:
+        r.stop_all()
+
+
+def test_home_on_a_publisher_on_c_consumer_on_b_and_home_loss(run):
+    a = run.add(HOSTS[0], workers=2, name="qa")
+    b = run.add(HOSTS[1], workers=2, join=[a], name="qb")
+    c = run.add(HOSTS[2], workers=2, join=[b], name="qc")
+    wait_one_tree([a, b, c])
+    q = uniq("xq").replace(".", "_")
+    ca = run.client(a)
+    info = ca.queue_add(q, f"{q}.>", ack_wait=2.0)
+    assert info["config"]["home"] == "qa"
+    pc, cb = run.client(c), run.client(b)
+    # the home's interest reaches C and B through the overlay
+    ack = wait_until(lambda: _confirm(pc, f"{q}.job", b"first"), what="a confirmed publish from C")
+    assert ack.queue == q
+    futures = [pc.publish_future(f"{q}.job", b"%d" % i) for i in range(300)]
+    assert sorted(f.result(20).seq for f in futures) == list(range(ack.seq + 1, ack.seq + 301))
+    cons = cb.consumer(q, "workers")
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 301 and time.monotonic() < deadline:
+        for m in cons.fetch(500, timeout=1):
+            got.append(m.data)
+            m.ack()
+    assert sorted(got) == sorted([b"first"] + [b"%d" % i for i in range(300)])
+    cb.flush()
+    assert wait_until(lambda: cb.queue_info(q)["groups"]["workers"]["acked"] == 301, what="acks at the home")
+    with pytest.raises(tscale.ServerError) as e:
+        cb.queue_add(q, f"{q}.other")
+    assert e.value.code == "queue_exists"
+
+    # the home dies: B's consumer and C's confirmed publisher get errors fast, never silence
+    a.kill_hard()
+    t0 = time.monotonic()
+    err = wait_until(lambda: _fetch_error(cons), timeout=30, what="B's fetch to fail once the home is gone")
+    t_unavailable = time.monotonic() - t0
+    assert err.code == "queue_unavailable", err
+    t1 = time.monotonic()
+    with pytest.raises(tscale.ServerError) as e:
+        pc.publish(f"{q}.job", b"while down", confirm=True, timeout=5)
+    assert e.value.code in ("no_queue", "queue_unavailable") and time.monotonic() - t1 < 1.0
+    print(f"home loss seen by B's fetch after {t_unavailable:.2f}s")
+
+    # it comes back on the same data dir: everything flows again, nothing confirmed was lost
+    back = run.add(HOSTS[0], workers=2, name="qa", port=a.port)
+    wait_one_tree([back, b, c], 30)
+    ack2 = wait_until(lambda: _confirm(pc, f"{q}.job", b"after"), timeout=30, what="confirms after the return")
+    assert ack2.seq == ack.seq + 301
+    msgs = wait_until(lambda: _fetch_ok(cons), timeout=30, what="B's fetch after the return")
+    assert [m.data for m in msgs] == [b"after"]
+
+
+def _confirm(client, name, data):
+    try:
+        return client.publish(name, data, confirm=True, timeout=2)
+    except tscale.TscaleError:
+        return None
+
+
+def _fetch_error(cons):
+    try:
+        cons.fetch(1, timeout=0.2)
+    except tscale.ServerError as exc:
+        return exc
+    except tscale.Timeout:
+        return None
+    return None
+
+
+def _fetch_ok(cons):
+    try:
+        return cons.fetch(10, timeout=1)
+    except tscale.TscaleError:
+        return None
