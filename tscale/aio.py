@@ -355,6 +355,8 @@ class Client(CoreView):
     async def _q_reply_name(self) -> str:
         if self._inbox_sub is None:
             # confirm="cluster": a queue's home on another node must know the inbox before it answers
+            self._q_batch = self._core.inbox_prefix + "c"      # where homes send batches of confirms
+            self._q_handlers[self._q_batch] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
             self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply,
                                                    confirm="cluster")
         return self._core.inbox()
@@ -363,20 +365,11 @@ class Client(CoreView):
                              msg_id: str | None = None) -> asyncio.Future:
         """Publish with confirm; the returned future resolves to the PubAck (`.reply` is its reply name)."""
         self._check_open()
-        h = qc.confirm_headers(headers, msg_id)
         reply = await self._q_reply_name()
+        h = qc.confirm_headers(headers, msg_id, self._q_batch)
         f = asyncio.get_running_loop().create_future()
         f.reply = reply
-
-        def done(msg: Msg) -> bool:
-            if not f.done():
-                try:
-                    f.set_result(qc.decode_pub_ack(name, msg.data, msg.headers))
-                except TscaleError as exc:
-                    f.set_exception(exc)
-            return True
-
-        self._q_handlers[reply] = done
+        self._q_handlers[reply] = qc.ConfirmWaiter(name, f)
         await self.publish(name, data, headers=h, reply=reply)
         return f
 

@@ -529,6 +529,8 @@ class Client(CoreView):
     def _q_reply_name(self) -> str:
         if self._q_sub is None:
             # confirm="cluster": a queue's home on another node must know the inbox before it answers
+            self._q_batch = self._core.inbox_prefix + "c"      # where homes send batches of confirms
+            self._q_handlers[self._q_batch] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
             self._q_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._q_on_reply, confirm="cluster")
         return self._core.inbox()
 
@@ -542,19 +544,11 @@ class Client(CoreView):
         """Publish with confirm without waiting: the future's result is the PubAck (or the error).
         The future has `.reply`, the reply name; drop it from a window you give up on."""
         self._check_open()
-        h = qc.confirm_headers(headers, msg_id)
         reply = self._q_reply_name()
+        h = qc.confirm_headers(headers, msg_id, self._q_batch)
         f: concurrent.futures.Future = concurrent.futures.Future()
         f.reply = reply
-
-        def done(msg: Msg) -> bool:
-            try:
-                f.set_result(qc.decode_pub_ack(name, msg.data, msg.headers))
-            except TscaleError as exc:
-                f.set_exception(exc)
-            return True
-
-        self._q_handlers[reply] = done
+        self._q_handlers[reply] = qc.ConfirmWaiter(name, f)
         self.publish(name, data, headers=h, reply=reply)
         return f
 

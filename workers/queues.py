@@ -65,6 +65,7 @@ class QueueShell:
         self.remote: set[str] = set()          # queues seen homed on other nodes
         self.rows: list = []                   # message rows of this pass not yet handed to the store
         self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
+        self.confirms: dict = {}               # batch name -> ([acks], [errors]) of this pass
         self.dirty = False
         self.failed: Exception | None = None   # a write of this pass failed: roll back at commit
         self.stats = {"stored": 0, "confirmed": 0, "storage_errors": 0, "commits": 0}
@@ -164,7 +165,6 @@ class QueueShell:
         q = qs.q
         rows = self.rows
         qid = qs.qid
-        outbox = self.outbox
         qname = q.cfg.name
         overlap = qs.overlap
         subjects = q.cfg.subjects
@@ -178,21 +178,36 @@ class QueueShell:
                 # An event that matches k patterns of this queue arrives as k consecutive copies
                 # (one route, one append per matching subscription): store it once.
                 skip = sum(1 for p in subjects if matches(p, name)) - 1
-            reply, msg_id = api.confirm_wanted(meta) if meta is not None else (None, None)
+            reply, batch, msg_id = api.confirm_wanted(meta) if meta is not None else (None, None, None)
             try:
                 seq, dup = q.append(now, len(payload), msg_id)
             except QueueError as exc:
                 if reply is not None:
-                    outbox.append(("confirm", reply, api.error(exc.code, exc.message), None))
+                    self._confirm(reply, batch, None, [reply, exc.code, exc.message])
                 continue
             if not dup:
-                rows.append((qid, seq, now, name, payload,
-                             None if meta is None else _pack(meta), msg_id))
+                if reply is not None:
+                    meta = api.stored_meta(meta)    # the reply name and the confirm headers were for us
+                rows.append((qid, seq, now, name, payload, None if meta is None else _pack(meta), msg_id))
             if reply is not None:
-                outbox.append(("confirm", reply, api.pub_ack(qname, seq, dup), None))
+                self._confirm(reply, batch, [reply, qname, seq, dup], None)
         qs.touched = True
         self.dirty = True
         self._write_rows()
+
+    def _confirm(self, reply: str, batch: str | None, ack: list | None, error: list | None) -> None:
+        """Queue one confirm: into the pass's batch for `batch`, or as its own reply event."""
+        if batch is None:
+            payload = api.pub_ack(ack[1], ack[2], ack[3]) if ack else api.error(error[1], error[2])
+            self.outbox.append(("confirm", reply, payload, None))
+            return
+        b = self.confirms.get(batch)
+        if b is None:
+            b = self.confirms[batch] = ([], [])
+        if ack:
+            b[0].append(ack)
+        else:
+            b[1].append(error)
 
     def _write_rows(self) -> None:
         if self.rows and self.failed is None:
@@ -386,6 +401,11 @@ class QueueShell:
         if self.failed is not None:
             self._recover()
         outbox, self.outbox = self.outbox, []
+        if self.confirms:
+            for name, (acks, errors) in self.confirms.items():
+                outbox.append(("confirm", name, api.confirm_batch(acks, errors), None))
+                self.stats["confirmed"] += len(acks)
+            self.confirms = {}
         self._emit(outbox)
 
     def _persist(self, qs: QState) -> None:
@@ -427,6 +447,9 @@ class QueueShell:
             elif kind == "fetch":
                 kept.append((kind, reply, api.fetch_chunk([], True), None))
         self.outbox = kept
+        for acks, errors in self.confirms.values():
+            errors += [[a[0], code, f"not stored: {exc}"] for a in acks]
+            acks.clear()
         try:
             self._load()
         except sqlite3.Error as exc2:
@@ -439,8 +462,6 @@ class QueueShell:
         batch = [protocol.PUB]
         for _kind, name, payload, meta in outbox:
             batch += (name, payload, meta)
-            if _kind == "confirm":
-                self.stats["confirmed"] += 1
         self.w._ingest(None, batch, 1)
 
     def _wake(self, qs: QState, now: float) -> None:

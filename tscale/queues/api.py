@@ -23,6 +23,7 @@ from zlib import crc32
 
 import msgpack
 
+from ..subjects import name_error as name_error_event
 from .model import E_BAD_REQUEST, MAX_BATCH, QueueError, group_error, name_error
 
 API_PREFIX = "$Q."
@@ -109,17 +110,33 @@ def decode_request(name: str, payload) -> tuple[str, str | None, dict]:
     return op, queue, req
 
 
-def confirm_wanted(meta) -> tuple[str | None, str | None]:
-    """(reply name if the publisher asked for a confirm, msg_id) from an event's meta."""
-    if meta is None:
-        return None, None
+def confirm_wanted(meta) -> tuple[str | None, str | None, str | None]:
+    """(reply name if the publisher asked for a confirm, batch name or None, msg_id) from an event's meta.
+
+    `Tscale-Confirm: 1` asks for one confirm event on the reply name; `Tscale-Confirm: NAME`
+    asks for the confirms of a pass to be gathered into one event on NAME, each identified by
+    its event's reply name (which still receives the "no responders" status)."""
     h = meta[0]
-    if not h:
-        return None, None
+    if not h or meta[1] is None:
+        return None, None, None
     msg_id = h.get(H_MSG_ID)
     if msg_id is not None and (not msg_id or len(msg_id) > MAX_MSG_ID):
         msg_id = None
-    return (meta[1] if H_CONFIRM in h else None), msg_id
+    c = h.get(H_CONFIRM)
+    if c is None:
+        return None, None, msg_id
+    return meta[1], (c if c != "1" and name_error_event(c) is None else None), msg_id
+
+
+def stored_meta(meta):
+    """What is kept of a confirmed event's meta: its headers (msg id included) without the confirm request."""
+    h = {k: v for k, v in meta[0].items() if k != H_CONFIRM}
+    return [h, None] if h else None
+
+
+def confirm_batch(acks: list, errors: list) -> bytes:
+    """acks: [reply, queue, seq, duplicate]; errors: [reply, code, message]."""
+    return _pack({"acks": acks, "errors": errors})
 
 
 def ok(value) -> bytes:

@@ -58,14 +58,60 @@ def should_retry(exc: ServerError, time_left: float) -> bool:
     return exc.code == E_UNAVAILABLE and exc.message == STARTING and time_left > RETRY_PAUSE
 
 
-def confirm_headers(headers: dict | None, msg_id: str | None) -> dict:
+def confirm_headers(headers: dict | None, msg_id: str | None, batch: str = "1") -> dict:
     h = dict(headers) if headers else {}
-    h[api.H_CONFIRM] = "1"
+    h[api.H_CONFIRM] = batch
     if msg_id is not None:
         if type(msg_id) is not str or not 1 <= len(msg_id) <= api.MAX_MSG_ID:
             raise TscaleError(f"msg_id must be a string of 1..{api.MAX_MSG_ID} characters")
         h[api.H_MSG_ID] = msg_id
     return h
+
+
+class ConfirmWaiter:
+    """The pending confirm of one publish, keyed by its reply name in the client's handler map."""
+
+    __slots__ = ("name", "future")
+
+    def __init__(self, name: str, future):
+        self.name = name
+        self.future = future
+
+    def __call__(self, msg) -> bool:
+        """A reply on the event's own reply name: "no responders", or a lone confirm."""
+        try:
+            self.ok(decode_pub_ack(self.name, msg.data, msg.headers))
+        except TscaleError as exc:
+            self.fail(exc)
+        return True
+
+    def ok(self, ack: PubAck) -> None:
+        if not self.future.done():
+            self.future.set_result(ack)
+
+    def fail(self, exc: Exception) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+
+def dispatch_confirms(data: bytes, handlers: dict) -> bool:
+    """A batch of confirms (`{"acks": [[reply, queue, seq, dup]], "errors": [[reply, code, message]]}`):
+    settle each waiting publish.  Returns False (the batch name stays registered)."""
+    try:
+        d = msgpack.unpackb(data, raw=False)
+        acks, errors = d.get("acks", ()), d.get("errors", ())
+    except Exception:
+        return False
+    pop = handlers.pop
+    for reply, queue, seq, dup in acks:
+        w = pop(reply, None)
+        if w is not None:
+            w.ok(PubAck(queue, seq, dup))
+    for reply, code, message in errors:
+        w = pop(reply, None)
+        if w is not None:
+            w.fail(ServerError(code, message))
+    return False
 
 
 def queue_config(name: str, subjects, **options) -> dict:
