@@ -200,6 +200,8 @@ def test_new_group_start_positions(node2, clients):
     assert [m.seq for m in c.consumer(q, "b", start="last").fetch(10, timeout=1)] == [5]
     assert [m.seq for m in c.consumer(q, "c", start=3).fetch(10, timeout=1)] == [3, 4, 5]
     assert c.consumer(q, "d", start="new").fetch(10, timeout=0.3) == []
+    assert [m.seq for m in c.consumer(q, "t", start=("time", 0)).fetch(10, timeout=1)] == [1, 2, 3, 4, 5]
+    assert c.consumer(q, "u", start=("time", 4e9)).fetch(10, timeout=0.3) == []
     c.publish(f"{q}.x", b"5", confirm=True)
     assert [m.seq for m in c.consumer(q, "d").fetch(10, timeout=1)] == [6]
     assert [m.seq for m in c.consumer(q, "a").fetch(10, timeout=1)] == [6]   # groups are independent

@@ -142,7 +142,9 @@ def start_value(start):
         return start
     if isinstance(start, int) or (isinstance(start, str) and start.isdigit()):
         return int(start)
-    raise TscaleError("start must be first, last, new or a sequence number")
+    if isinstance(start, (tuple, list)) and len(start) == 2 and start[0] == "time":
+        return ["time", float(start[1])]
+    raise TscaleError("start must be first, last, new, a sequence number or ('time', unix seconds)")
 
 
 class QueueMsg:
