@@ -6,17 +6,10 @@ import time
 import pytest
 
 import tscale
-from clusterkit import HOSTS, ClusterRun, Topo, wait_one_tree
-from conftest import uniq, wait_until
-
-
-@pytest.fixture
-def run(tmp_path):
-    r = ClusterRun(tmp_path)
-    try:
-        yield r
-    finally:
-        r.stop_all()
+from clusterkit import HOSTS, wait_one_tree
+from conftest import wait_until
+from queuekit import drain, qname
+from test_cluster import run  # noqa: F401  (the fixture: a ClusterRun stopped at teardown)
 
 
 def test_home_on_a_publisher_on_c_consumer_on_b_and_home_loss(run):
@@ -24,7 +17,7 @@ def test_home_on_a_publisher_on_c_consumer_on_b_and_home_loss(run):
     b = run.add(HOSTS[1], workers=2, join=[a], name="qb")
     c = run.add(HOSTS[2], workers=2, join=[b], name="qc")
     wait_one_tree([a, b, c])
-    q = uniq("xq").replace(".", "_")
+    q = qname("xq")
     ca = run.client(a)
     info = ca.queue_add(q, f"{q}.>", ack_wait=2.0)
     assert info["config"]["home"] == "qa"
@@ -35,12 +28,7 @@ def test_home_on_a_publisher_on_c_consumer_on_b_and_home_loss(run):
     futures = [pc.publish_future(f"{q}.job", b"%d" % i) for i in range(300)]
     assert sorted(f.result(20).seq for f in futures) == list(range(ack.seq + 1, ack.seq + 301))
     cons = cb.consumer(q, "workers")
-    got = []
-    deadline = time.monotonic() + 20
-    while len(got) < 301 and time.monotonic() < deadline:
-        for m in cons.fetch(500, timeout=1):
-            got.append(m.data)
-            m.ack()
+    got = [m.data for m in drain(cons, 301)]
     assert sorted(got) == sorted([b"first"] + [b"%d" % i for i in range(300)])
     cb.flush()
     assert wait_until(lambda: cb.queue_info(q)["groups"]["workers"]["acked"] == 301, what="acks at the home")

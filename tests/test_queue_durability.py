@@ -13,13 +13,10 @@ import time
 import pytest
 
 import tscale
-from conftest import ROOT, clean_env, uniq, wait_until
+from conftest import ROOT, clean_env, wait_until
+from queuekit import drain, qname
 from tscale.queues.api import api_subject
 from tscale.sharding import shard_of
-
-
-def qname(prefix: str = "q") -> str:
-    return uniq(prefix).replace(".", "_")
 
 
 def home_of(q: str, workers: int) -> int:
@@ -33,18 +30,6 @@ def queue_named(q: str, want: int, workers: int = 2) -> str:
         if home_of(name, workers) == want:
             return name
     raise AssertionError("unreachable")
-
-
-def drain_all(c, q: str, group: str, expect: int, timeout: float = 20.0) -> list:
-    """Fetch (and ack) from a fresh group until `expect` events came or the deadline passed."""
-    cons = c.consumer(q, group)
-    out = []
-    deadline = time.monotonic() + timeout
-    while len(out) < expect and time.monotonic() < deadline:
-        for m in cons.fetch(1000, timeout=1.0):
-            out.append(m)
-            m.ack()
-    return out
 
 
 def info_when_up(c, q: str) -> dict:
@@ -81,7 +66,7 @@ def test_sigkill_home_worker_during_confirmed_publishes_loses_nothing_confirmed(
                 failed += 1
     assert killed and failed > 0, "the kill should have cost some unconfirmed publishes"
     info = info_when_up(c, q)
-    got = {m.data for m in drain_all(c, q, "audit", info["messages"])}
+    got = {m.data for m in drain(c.consumer(q, "audit"), info["messages"])}
     missing = confirmed - got
     assert not missing, f"{len(missing)} confirmed events lost, e.g. {sorted(missing)[:5]}"
     assert len(confirmed) >= 3000
@@ -112,13 +97,7 @@ def test_sigkill_whole_node_keeps_queues_events_and_positions(make_node, clients
     assert (info["messages"], info["first_seq"], info["last_seq"]) == (101, 1, 101)
     g = info["groups"]["g"]
     assert (g["cursor"], g["acked"], g["ack_pending"]) == (31, 20, 10)
-    cons = c2.consumer(q, "g")
-    seqs = []
-    deadline = time.monotonic() + 15
-    while len(seqs) < 81 and time.monotonic() < deadline:
-        for m in cons.fetch(200, timeout=1.0):
-            seqs.append(m.seq)
-            m.ack()
+    seqs = [m.seq for m in drain(c2.consumer(q, "g"), 81, 15)]
     assert sorted(seqs) == list(range(21, 102)), "the unacked 21..30 come back, the acked 1..20 never"
 
 
@@ -201,7 +180,7 @@ def test_disk_full_gives_storage_full_loses_nothing_and_recovers(make_node, clie
         # space returns: the queue accepts again, and everything confirmed is intact
         filler.unlink()
         wait_until(lambda: _try_confirm(c, f"{q}.x"), timeout=20, what="a confirm once space returned")
-        got = drain_all(c, q, "audit", len(confirmed) + 1)
+        got = drain(c.consumer(q, "audit"), len(confirmed) + 1)
         want = {payload + b"%d" % i for i in range(len(confirmed))}
         assert want <= {m.data for m in got}
         assert s.next_msg(5).data.startswith(payload[:10])

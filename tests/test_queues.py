@@ -7,12 +7,9 @@ import msgpack
 import pytest
 
 import tscale
-from conftest import uniq, wait_until
+from conftest import wait_until
+from queuekit import qname
 from tscale.queues import api
-
-
-def qname(prefix: str = "q") -> str:
-    return uniq(prefix).replace(".", "_")
 
 
 def test_add_info_ls_rm_purge(node2, clients):

@@ -466,25 +466,13 @@ class Client(CoreView):
         await self.close()
 
 
-class Consumer:
+class Consumer(qc.ConsumerCore):
     """Pull consumer: `await fetch(batch, timeout)` or `async for`; `await msg.ack()` / nak / in_progress / term."""
-
-    def __init__(self, client: Client, queue: str, group: str, start, batch: int):
-        self._client = client
-        self.queue = queue
-        self.group = group
-        self.start = start
-        self.batch = batch
-        self.subject = qc.subject_for(queue)
-        self._buf: collections.deque = collections.deque()
-
-    def _answer(self, op: str, seq: int, delay):
-        return self._client.publish(self.subject, qc.request(op, group=self.group, seqs=[seq], delay=delay))
 
     async def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         c = self._client
         c._check_open()
-        coll = qc.FetchCollector(self.queue, self.group, self._answer)
+        coll, payload, expires = self._fetch_request(batch, timeout)
         got = asyncio.Event()
 
         def feed(msg: Msg) -> bool:
@@ -495,9 +483,7 @@ class Consumer:
 
         reply = await c._q_reply_name()
         c._q_handlers[reply] = feed
-        expires = min(max(timeout, 0.0), qapi.MAX_EXPIRES)
-        await c.publish(self.subject, qc.request("fetch", group=self.group, batch=batch or self.batch,
-                                                 expires=expires, start=self.start), reply=reply)
+        await c.publish(self.subject, payload, reply=reply)
         try:
             await asyncio.wait_for(got.wait(), expires + 2.0)
         except asyncio.TimeoutError:

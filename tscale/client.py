@@ -652,26 +652,14 @@ class Client(CoreView):
                 pass
 
 
-class Consumer:
+class Consumer(qc.ConsumerCore):
     """Pull consumer: `fetch(batch, timeout)` or iterate; answer each QueueMsg with ack/nak/in_progress/term."""
-
-    def __init__(self, client: Client, queue: str, group: str, start, batch: int):
-        self._client = client
-        self.queue = queue
-        self.group = group
-        self.start = start
-        self.batch = batch
-        self.subject = qc.subject_for(queue)
-        self._buf: collections.deque = collections.deque()
-
-    def _answer(self, op: str, seq: int, delay):
-        self._client.publish(self.subject, qc.request(op, group=self.group, seqs=[seq], delay=delay))
 
     def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         """Up to `batch` deliveries, waiting up to `timeout` seconds for the first; [] if none came."""
         c = self._client
         c._check_open()
-        coll = qc.FetchCollector(self.queue, self.group, self._answer)
+        coll, payload, expires = self._fetch_request(batch, timeout)
         got = threading.Event()
 
         def feed(msg: Msg) -> bool:
@@ -682,9 +670,7 @@ class Consumer:
 
         reply = c._q_reply_name()
         c._q_handlers[reply] = feed
-        expires = min(max(timeout, 0.0), qapi.MAX_EXPIRES)
-        c.publish(self.subject, qc.request("fetch", group=self.group, batch=batch or self.batch, expires=expires,
-                                           start=self.start), reply=reply)
+        c.publish(self.subject, payload, reply=reply)
         if not got.wait(expires + 2.0):
             c._q_handlers.pop(reply, None)
             raise Timeout(f"fetch from queue {self.queue!r}: no answer within {expires + 2.0:g}s")

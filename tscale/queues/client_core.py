@@ -1,6 +1,7 @@
 """What the sync and asyncio clients share about queues (sans-I/O): requests, replies, messages."""
 from __future__ import annotations
 
+import collections
 from typing import NamedTuple
 
 import msgpack
@@ -176,6 +177,29 @@ class QueueMsg:
 
     def __repr__(self) -> str:
         return f"QueueMsg(queue={self.queue!r}, seq={self.seq}, name={self.name!r}, deliveries={self.deliveries})"
+
+
+class ConsumerCore:
+    """What the sync and asyncio consumers share: identity, answers, and the fetch request."""
+
+    def __init__(self, client, queue: str, group: str, start, batch: int):
+        self._client = client
+        self.queue = queue
+        self.group = group
+        self.start = start
+        self.batch = batch
+        self.subject = subject_for(queue)
+        self._buf: collections.deque = collections.deque()
+
+    def _answer(self, op: str, seq: int, delay):
+        """ack/nak/wip/term of one delivery: a fire-and-forget event (a coroutine for the asyncio client)."""
+        return self._client.publish(self.subject, request(op, group=self.group, seqs=[seq], delay=delay))
+
+    def _fetch_request(self, batch: int | None, timeout: float) -> tuple["FetchCollector", bytes, float]:
+        """(collector, request payload, seconds the home may wait) for one fetch."""
+        expires = min(max(timeout, 0.0), api.MAX_EXPIRES)
+        payload = request("fetch", group=self.group, batch=batch or self.batch, expires=expires, start=self.start)
+        return FetchCollector(self.queue, self.group, self._answer), payload, expires
 
 
 class FetchCollector:

@@ -402,19 +402,21 @@ class Queue:
             out.append((seq, n))
 
     def ack(self, g: Group, seq: int) -> bool:
-        if g.pending.pop(seq, None) is None:
+        if not self._finish(g, seq):
             return False
         g.acked += 1
-        self.dirty_groups.add(g.name)
-        self.changes.append(("unpend", g.name, seq))
-        if self.cfg.retention == "work":
-            self._delete(seq)
         return True
 
     def term(self, g: Group, seq: int) -> bool:
-        if g.pending.pop(seq, None) is None:
+        if not self._finish(g, seq):
             return False
         g.terminated += 1
+        return True
+
+    def _finish(self, g: Group, seq: int) -> bool:
+        """A delivery answered for good (ack or term): forget it; a work queue deletes the event."""
+        if g.pending.pop(seq, None) is None:
+            return False
         self.dirty_groups.add(g.name)
         self.changes.append(("unpend", g.name, seq))
         if self.cfg.retention == "work":
