@@ -317,3 +317,15 @@ def test_overlapping_patterns_store_each_event_once_and_tiny_payloads_are_kept(n
     got = c.consumer(q, "g").fetch(20, timeout=1)
     by_name = {n: [m.data for m in got if m.name == n] for n in (f"{q}.a", f"{q}.b.c")}
     assert by_name == {f"{q}.a": [b"", b"", b"x", b"x", b"end"], f"{q}.b.c": [b"", b"", b"x", b"x"]}
+
+
+def test_cli_status_shows_the_queue_table(node2, clients):
+    from conftest import cli
+    c = clients(node2)
+    q = qname("st")
+    c.queue_add(q, f"{q}.>")
+    c.publish(f"{q}.x", b"1", confirm=True)
+    c.consumer(q, "readers").fetch(1, timeout=1)
+    wait_until(lambda: q in cli(["status", "--server", node2.addr]).stdout.decode(), what="queue in tscale status")
+    out = cli(["status", "--server", node2.addr]).stdout.decode()
+    assert "durable queues" in out and "readers" in out

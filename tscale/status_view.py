@@ -46,6 +46,24 @@ def render_status(st: dict, console: Console | None = None) -> None:
         for idx, c in slow:
             s.add_row(str(idx), c["client"], f"{c['dropped']:,}")
         console.print(s)
+    queues = [(w["index"], name, q) for w in st.get("workers", []) for name, q in (w.get("queues") or {}).items()]
+    if queues:
+        qt = Table(title="durable queues (disk: the worker's database)", show_header=True, header_style="bold")
+        widest = max(len(name) for _, name, _ in queues)
+        for col in ("queue", "worker", "messages", "bytes", "seq", "disk", "group", "pending", "ack pend",
+                    "redeliv", "dead"):
+            qt.add_column(col, justify="left" if col in ("queue", "group") else "right", no_wrap=True,
+                          min_width=widest if col == "queue" else None)
+        for idx, name, q in sorted(queues, key=lambda x: x[1]):
+            head = [name, str(idx), f"{q['messages']:,}", f"{q['bytes']:,}", f"{q['first_seq']}..{q['last_seq']}",
+                    _mb(q.get("db_disk_bytes", 0))]
+            groups = sorted(q.get("groups", {}).items()) or [("-", None)]
+            for g, f in groups:
+                tail = ([g, f"{f['pending']:,}", f"{f['ack_pending']:,}", f"{f['redelivered']:,}",
+                         f"{f['dead_lettered']:,}"] if f else ["-", "", "", "", ""])
+                qt.add_row(*head, *tail)
+                head = [""] * len(head)
+        console.print(qt)
 
 
 def render_cluster(st: dict, console: Console | None = None) -> None:

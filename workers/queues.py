@@ -39,7 +39,7 @@ REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger eve
 class QState:
     """One queue on this worker: its model, its row id, its sink connection and parked fetches."""
 
-    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched", "overlap")
+    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched", "overlap", "saved_seq")
 
     def __init__(self, q: Queue, qid: int):
         self.q = q
@@ -49,6 +49,7 @@ class QState:
         self.waiters: list = []     # [group, batch, reply, deadline]
         self.touched = False
         self.overlap = False        # two of its patterns can match one name
+        self.saved_seq = q.last_seq  # last_seq as written to the store
 
 
 class QueueShell:
@@ -410,8 +411,9 @@ class QueueShell:
 
     def _persist(self, qs: QState) -> None:
         changes, groups = qs.q.take_changes()
-        if self.failed is not None:
-            return
+        if self.failed is not None or not (changes or groups or qs.q.last_seq != qs.saved_seq):
+            return          # nothing to write: no transaction, no fsync (parked fetches wake every tick)
+        qs.saved_seq = qs.q.last_seq
         for c in changes:
             if c[0] == "dlq":
                 self._dead_letter(qs, c[1], c[2], c[3])
@@ -515,10 +517,12 @@ class QueueShell:
 
     def figures(self) -> dict:
         out = {}
+        disk = self.store.disk_bytes() if self.store is not None and self.queues else 0
         for name, qs in self.queues.items():
             d = qs.q.info()
             del d["config"]
             d["subjects"] = qs.q.cfg.subjects
             d["retention"] = qs.q.cfg.retention
+            d["db_disk_bytes"] = disk
             out[name] = d
         return out

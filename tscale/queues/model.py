@@ -22,6 +22,7 @@ shell (workers/queues.py) writes in the same transaction as the events.
 """
 from __future__ import annotations
 
+import collections
 import heapq
 from dataclasses import asdict, dataclass, field
 
@@ -181,15 +182,20 @@ class Queue:
         self.msgs: dict[int, tuple] = {}     # seq -> (ts, size, msg_id); insertion order = seq order
         self.last_seq = 0
         self.bytes = 0
-        self.dedupe: dict[str, tuple] = {}   # msg_id -> (seq, ts), oldest first
+        # msg_id -> (seq, ts), oldest first; an OrderedDict finds its head in O(1) after deletions
+        self.dedupe: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self.groups: dict[str, Group] = {}
         self.changes: list = []   # ("del", seq) ("pend", group, seq, n) ("unpend", group, seq) ("dlq", group, seq, n)
         self.dirty_groups: set[str] = set()
         self.discarded = 0        # events dropped by limits (old) or refused (new)
+        self._head = 1            # no stored sequence is below this
         self.deduped = 0
 
     # -- restoring from the store ---------------------------------------------
     def restore_msg(self, seq: int, ts: float, size: int, msg_id: str | None) -> None:
+        """Stored events, in sequence order."""
+        if not self.msgs:
+            self._head = seq
         self.msgs[seq] = (ts, size, msg_id)
         self.bytes += size
         if msg_id is not None:
@@ -209,9 +215,15 @@ class Queue:
     # -- figures --------------------------------------------------------------
     @property
     def first_seq(self) -> int:
-        for s in self.msgs:
-            return s
-        return self.last_seq + 1
+        """The lowest stored sequence (last_seq + 1 if empty).  A moving pointer, not next(iter(dict)):
+        a dict that lost its head entries scans the dead slots on every iteration until it resizes."""
+        h = self._head
+        msgs = self.msgs
+        last = self.last_seq
+        while h <= last and h not in msgs:
+            h += 1
+        self._head = h
+        return h
 
     def lag(self, g: Group) -> int:
         if not self.msgs:
@@ -251,7 +263,7 @@ class Queue:
             self.dedupe[msg_id] = (seq, now)
         if cfg.discard == "old":
             while self._over(0, 0) and len(self.msgs) > 1:
-                self._delete(next(iter(self.msgs)))
+                self._delete(self.first_seq)
                 self.discarded += 1
         return seq, False
 
@@ -279,6 +291,7 @@ class Queue:
         n = len(self.msgs)
         self.msgs.clear()
         self.bytes = 0
+        self._head = self.last_seq + 1
         self.changes.append(("purge",))
         for g in self.groups.values():
             g.pending.clear()
@@ -292,7 +305,7 @@ class Queue:
         if self.cfg.max_age and self.msgs:
             horizon = now - self.cfg.max_age
             while self.msgs:
-                seq = next(iter(self.msgs))
+                seq = self.first_seq
                 if self.msgs[seq][0] >= horizon:
                     break
                 self._delete(seq)
