@@ -326,6 +326,8 @@ def test_cli_status_shows_the_queue_table(node2, clients):
     c.queue_add(q, f"{q}.>")
     c.publish(f"{q}.x", b"1", confirm=True)
     c.consumer(q, "readers").fetch(1, timeout=1)
-    wait_until(lambda: q in cli(["status", "--server", node2.addr]).stdout.decode(), what="queue in tscale status")
-    out = cli(["status", "--server", node2.addr]).stdout.decode()
+    wide = {"COLUMNS": "300"}     # the shared node holds many queues by now; keep rich from eliding names
+    wait_until(lambda: q in cli(["status", "--server", node2.addr], wide).stdout.decode(),
+               what="queue in tscale status")
+    out = cli(["status", "--server", node2.addr], wide).stdout.decode()
     assert "durable queues" in out and "readers" in out
