@@ -112,7 +112,8 @@ class Worker:
             self._loop()
         finally:
             self._flush()
-            self.queues.close()
+            self.queues.close()   # the last COMMIT; its confirms go out with one more flush
+            self._flush()
             self.ctx.destroy(linger=0)
             self.log.info("stopped")
         return 0
