@@ -51,7 +51,7 @@ def decode_pub_ack(name: str, data: bytes, headers) -> PubAck:
         raise TscaleError(f"publish {name!r}: unexpected confirm {d!r}") from None
 
 
-RETRY_PAUSE = 0.05   # the worker opens its queues within ~100 ms of its start
+RETRY_PAUSE = 0.05   # a starting worker opens its queues once its in-host bus is synced
 
 
 def should_retry(exc: ServerError, time_left: float) -> bool:
