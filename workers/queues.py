@@ -30,7 +30,7 @@ from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_
                                  QueueConfig, QueueError, STARTING, patterns_overlap)
 from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
 from tscale.routing import Subscription
-from tscale.subjects import matches
+from tscale.subjects import matches, pattern_error
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
@@ -64,6 +64,7 @@ class QueueShell:
         self.queues: dict[str, QState] = {}
         self.catalog: dict[int, list] = {}     # other workers' [name, subjects, retention]
         self.remote: set[str] = set()          # queues seen homed on other nodes
+        self.remote_patterns: dict[str, str] = {}   # their patterns -> queue name
         self.rows: list = []                   # message rows of this pass not yet handed to the store
         self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
         self.confirms: dict = {}               # batch name -> ([acks], [errors]) of this pass
@@ -76,7 +77,7 @@ class QueueShell:
         self.api.name = "queue-api"
         worker.table.add(Subscription(self.api, 0, api.API_PREFIX + ">", None))
         self.beacon = Connection(b"", 0.0)     # holds the announced `$Q.<queue>` subscriptions
-        self.beacon.direct = True
+        self.beacon.direct = False             # announced like a proxied subscription (wildcards too)
         self.beacon.sink = lambda out: None
         self.beacon.name = "queue-api-interest"
 
@@ -138,6 +139,17 @@ class QueueShell:
         self.w.table.add(s)
         self.w._announce(s, +1, None)
         subjects = qs.q.cfg.subjects
+        # The patterns, announced as `$QS.<queue>.<pattern>` interest (nothing is published there), so
+        # other nodes know which names this queue stores and can answer a confirmed publish
+        # `queue_unavailable` while this node is unreachable.
+        for i, p in enumerate(subjects):
+            ps = api.pattern_subject(qs.q.cfg.name, p)
+            if pattern_error(ps) is not None:
+                continue            # too long to announce: other nodes answer such publishes no_queue
+            s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + i), ps, None)
+            qs.subs.append(s)
+            self.w.table.add(s)
+            self.w._announce(s, +1, None)
         qs.overlap = any(patterns_overlap(a, b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
         conn = qs.conn = Connection(b"", 0.0)
         conn.name = "queue:" + qs.q.cfg.name
@@ -500,9 +512,25 @@ class QueueShell:
         for one whose home went away is answered `queue_unavailable`, not `queue_not_found`."""
         for e in entries:
             p = e[0]
-            if type(p) is str and p.startswith(api.API_PREFIX) and not p.startswith(api.LS_PREFIX):
-                if len(self.remote) < 100_000:
-                    self.remote.add(p[len(api.API_PREFIX):])
+            if type(p) is not str or len(self.remote) >= 100_000:
+                continue
+            if p.startswith(api.API_PREFIX) and not p.startswith(api.LS_PREFIX):
+                self.remote.add(p[len(api.API_PREFIX):])
+            elif p.startswith(api.PATTERNS_PREFIX):
+                queue, _, pattern = p[len(api.PATTERNS_PREFIX):].partition(".")
+                if pattern and len(self.remote_patterns) < 100_000:
+                    self.remote_patterns[pattern] = queue
+
+    def unavailable_answer(self, name: str, headers) -> bytes | None:
+        """For a confirmed publish that nothing is subscribed to: if a queue seen on another node
+        stores this name, the confirm error `queue_unavailable` (its home is unreachable)."""
+        if api.H_CONFIRM not in headers or not self.remote_patterns:
+            return None
+        for pattern, queue in self.remote_patterns.items():
+            if matches(pattern, name):
+                return api.error(E_UNAVAILABLE, f"queue {queue!r} stores {name!r} but its home node is "
+                                                "unreachable (or the queue was removed)")
+        return None
 
     def on_worker_hello(self, frm: int) -> None:
         if self.started and self.store is not None:

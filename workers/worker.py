@@ -352,7 +352,7 @@ class Worker:
                 continue
             if r.empty:
                 if meta is not None and meta[1] is not None:
-                    self._no_responders(meta[1])
+                    self._no_responders(meta[1], name, meta[0])
                 continue
             for c, sid in r.local:       # inlined on purpose (hot path): a call per event costs ~0.1 us
                 o = c.out
@@ -525,9 +525,14 @@ class Worker:
                         dirty.append(c)
                     o += (m.sid, name, payload, meta)
 
-    def _no_responders(self, reply: str):
-        """Tell a requester at once that nobody can answer (instead of a timeout)."""
+    def _no_responders(self, reply: str, name: str = "", headers=None):
+        """Tell a requester at once that nobody can answer (instead of a timeout); a confirmed
+        publish for a queue whose home is unreachable gets `queue_unavailable` instead."""
         if name_error(reply) is not None:
+            return
+        answer = self.queues.unavailable_answer(name, headers) if headers else None
+        if answer is not None:
+            self._ingest(None, [PUB, reply, answer, None], 1)
             return
         self._ingest(None, [PUB, reply, b"", protocol.NO_RESPONDERS_META], 1)
 

@@ -28,6 +28,8 @@ from .model import E_BAD_REQUEST, MAX_BATCH, QueueError, group_error, name_error
 
 API_PREFIX = "$Q."
 LS_PREFIX = "$Q.$LS."
+PATTERNS_PREFIX = "$QS."          # `$QS.<queue>.<pattern>`: interest that tells other nodes a queue's patterns
+MAX_SUBJECTS_SID = 100            # sids of the pattern announcements: qid * this + index
 DLQ_PREFIX = "$DLQ."
 H_CONFIRM = "Tscale-Confirm"
 H_MSG_ID = "Tscale-Msg-Id"
@@ -42,6 +44,10 @@ _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 
 def api_subject(queue: str) -> str:
     return API_PREFIX + queue
+
+
+def pattern_subject(queue: str, pattern: str) -> str:
+    return PATTERNS_PREFIX + queue + "." + pattern
 
 
 def dlq_subject(queue: str) -> str:
