@@ -69,8 +69,12 @@ def test_hostile_requests_get_errors_and_the_node_keeps_serving(node2, clients):
     with pytest.raises(tscale.ServerError) as e:
         c._q_call(api.api_subject("no_such_queue_here"), "info", 5.0)
     assert e.value.code == "queue_not_found"
+    c.publish(f"$QS.{q}.{q}.x", b"junk")                 # the pattern announcements carry nothing
+    # a confirm batch name that is not a valid name: the confirm comes alone on the reply name
+    reply = c.request(f"{q}.odd", b"x", timeout=5, headers={"Tscale-Confirm": "not a name"})
+    assert msgpack.unpackb(reply.data) == {"queue": q, "seq": 1, "duplicate": False}
     c.publish(f"{q}.ok", b"still here", confirm=True)
-    assert c.queue_info(q)["messages"] == 1
+    assert c.queue_info(q)["messages"] == 2
 
 
 def test_confirmed_publish_pipelined_and_dedupe(node2, clients):
