@@ -100,6 +100,7 @@ class Client(CoreView):
         self._ctx = zmq.asyncio.Context()
         self._host, self._port = parse_address(self.server)
         self._waiters: dict = {}
+        self._waiter_worker: dict = {}    # req -> the worker it waits on
         self._subs: dict[int, Subscription] = {}
         self._reply_waiters: dict[str, asyncio.Future] = {}
         self._inbox_sub: Subscription | None = None
@@ -215,6 +216,8 @@ class Client(CoreView):
                             f.set_exception(value)
                     else:
                         self._core.async_error(value)
+                        if self._core.forgot_us(value):
+                            self._resync(k, value)
                         if self._error_cb is not None:
                             try:
                                 r = self._error_cb(value)
@@ -232,11 +235,22 @@ class Client(CoreView):
                 log.info("lost connection to worker %d of %s; reconnecting", k, self.server)
             elif ev["event"] == zmq.EVENT_CONNECTED:
                 log.info("reconnected to worker %d of %s; resubscribing", k, self.server)
+                frames = self._core.resync_frames(k, list(self._subs.values()))
                 q = self._outq[k]
-                q.appendleft(self._core.hello())
-                q.extend(self._core.sub_frame(s._state, None) for s in list(self._subs.values())
-                         if k in s._state.targets)
+                q.appendleft(frames[0])
+                q.extend(frames[1:])
                 self._wake.set()
+
+    def _resync(self, k: int, e) -> None:
+        """Worker k disconnected us as a slow consumer (see the sync client's _resync)."""
+        log.warning("worker %d of %s dropped us as a slow consumer (%s); resubscribing", k, self.server, e.message)
+        for req, f in list(self._waiters.items()):
+            if self._waiter_worker.get(req) == k:
+                self._waiters.pop(req, None)
+                if not f.done():
+                    f.set_exception(e)
+        self._outq[k].extend(self._core.resync_frames(k, list(self._subs.values())))
+        self._wake.set()
 
     # -- API ------------------------------------------------------------------------
     def _check_open(self):
@@ -277,6 +291,7 @@ class Client(CoreView):
         req = self._core.next_req()
         f = asyncio.get_running_loop().create_future()
         self._waiters[req] = f
+        self._waiter_worker[req] = k
         self._send(k, frame_for(req))
         try:
             return await asyncio.wait_for(f, timeout)
@@ -284,6 +299,7 @@ class Client(CoreView):
             raise Timeout(f"{what}: no answer within {timeout:g}s") from None
         finally:
             self._waiters.pop(req, None)
+            self._waiter_worker.pop(req, None)
 
     async def flush(self, timeout: float = 5.0) -> None:
         self._check_open()

@@ -41,9 +41,10 @@ def default_server() -> str:
 
 
 class _Waiter:
-    __slots__ = ("event", "value", "error")
+    __slots__ = ("event", "value", "error", "worker")
 
-    def __init__(self):
+    def __init__(self, worker: int = -1):
+        self.worker = worker     # the worker whose answer it waits for
         self.event = threading.Event()
         self.value = None
         self.error = None
@@ -374,6 +375,8 @@ class Client(CoreView):
                         w.set(error=value)
                     else:
                         self._core.async_error(value)
+                        if self._core.forgot_us(value):
+                            self._resync(k, value)
                         if self._error_cb is not None:
                             try:
                                 self._error_cb(value)
@@ -392,10 +395,20 @@ class Client(CoreView):
         elif ev["event"] == zmq.EVENT_CONNECTED:
             # A (re)started worker knows nothing of us: greet it again and resubscribe.
             log.info("reconnected to worker %d of %s; resubscribing", k, self.server)
+            frames = self._core.resync_frames(k, list(self._subs.values()))
             q = self._outq[k]
-            q.appendleft(self._core.hello())
-            q.extend(self._core.sub_frame(s._state, None) for s in list(self._subs.values())
-                     if k in s._state.targets)
+            q.appendleft(frames[0])
+            q.extend(frames[1:])
+
+    def _resync(self, k: int, e) -> None:
+        """Worker k disconnected us as a slow consumer: what we waited for from it will not come, and
+        our subscriptions there are gone.  Fail those waits and subscribe again (same connection)."""
+        log.warning("worker %d of %s dropped us as a slow consumer (%s); resubscribing", k, self.server, e.message)
+        for req, w in list(self._waiters.items()):
+            if w.worker == k:
+                self._waiters.pop(req, None)
+                w.set(error=e)
+        self._outq[k].extend(self._core.resync_frames(k, list(self._subs.values())))
 
     # -- API -------------------------------------------------------------------
     def _check_open(self):
@@ -452,7 +465,7 @@ class Client(CoreView):
         if threading.get_ident() == self._io_ident:
             raise TscaleError(f"{what} cannot wait inside a callback; call it from another thread")
         req = self._core.next_req()
-        w = _Waiter()
+        w = _Waiter(k)
         self._waiters[req] = w
         self._enqueue(k, frame_for(req))
         try:
@@ -516,8 +529,9 @@ class Client(CoreView):
             lane = self._local.lane = _RequestLane(self, timeout=max(timeout, 5.0))
         try:
             msg = lane.request(name, data, timeout, headers)
-        except Timeout:
-            # A restarted worker forgets the lane's inbox: start a fresh lane next time.
+        except (Timeout, ServerError):
+            # A restarted worker (or one that dropped the lane as a slow consumer) forgets the
+            # lane's inbox: start a fresh lane next time.
             self._local.lane = None
             lane.close()
             raise

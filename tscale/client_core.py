@@ -221,6 +221,16 @@ class ClientCore:
             return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req, {"confirm": s.confirm}])
         return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req])
 
+    def resync_frames(self, k: int, subs) -> list[bytes]:
+        """What to send worker k when it may have forgotten us (a reconnect, or it disconnected us as
+        a slow consumer): HELLO, then every subscription that belongs on it."""
+        return [self.hello()] + [self.sub_frame(s._state, None) for s in subs if k in s._state.targets]
+
+    @staticmethod
+    def forgot_us(e: ServerError) -> bool:
+        """A worker's notice that it dropped this connection's subscriptions (slow consumer)."""
+        return e.code == protocol.E_SLOW_CONSUMER
+
     def unsub_frame(self, sid: int, req: int | None) -> bytes:
         return protocol.pack([protocol.UNSUB, sid, req])
 

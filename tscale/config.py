@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 DEFAULT_PORT = 7400
+DEFAULT_CLIENT_MAX_PENDING = 4 * 1024 * 1024   # bytes queued per client connection before events are dropped
+DEFAULT_SLOW_CONSUMER_GRACE_MS = 5000          # over its bound this long: the connection is disconnected
 
 
 class ConfigError(Exception):
@@ -27,7 +29,9 @@ class NodeConfig:
     log_format: str = "text"
     max_payload: int = 1024 * 1024
     token: str = ""                  # "" = no authentication
-    client_hwm: int = 1000           # frames queued per client before drops are counted
+    client_hwm: int = 1000           # event frames queued per client before drops are counted
+    client_max_pending: int = DEFAULT_CLIENT_MAX_PENDING   # bytes queued per client before drops are counted
+    slow_consumer_grace_ms: int = DEFAULT_SLOW_CONSUMER_GRACE_MS   # then ERR slow_consumer, subscriptions gone
     max_subs_per_conn: int = 100_000
     cluster: str = "tscale"          # nodes only join others with the same cluster name
     join: str = ""                   # comma-separated HOST:PORT seeds
@@ -63,6 +67,10 @@ class NodeConfig:
             raise ConfigError(f"cluster name {c.cluster!r}: 1..64 printable characters")
         if c.client_hwm < 1:
             raise ConfigError("client_hwm must be at least 1 (frames queued per client)")
+        if not 64 * 1024 <= c.client_max_pending <= 1 << 30:
+            raise ConfigError("client_max_pending must be between 65536 bytes (64 KiB) and 1073741824 (1 GiB)")
+        if not 0 <= c.slow_consumer_grace_ms <= 3_600_000:
+            raise ConfigError("slow_consumer_grace_ms must be between 0 and 3600000 (one hour)")
         if c.max_subs_per_conn < 1:
             raise ConfigError("max_subs_per_conn must be at least 1")
         if c.max_children < 1:

@@ -78,6 +78,7 @@ class Supervisor:
             "run_dir": self.run_dir, "node_id": self.node_id, "node_name": c.name,
             "version": __version__, "max_payload": c.max_payload, "token": c.token,
             "client_hwm": c.client_hwm, "max_subs_per_conn": c.max_subs_per_conn,
+            "client_max_pending": c.client_max_pending, "slow_consumer_grace_ms": c.slow_consumer_grace_ms,
             "log_level": c.log_level, "log_format": c.log_format, "data_dir": c.data_dir,
             "cluster": c.cluster,
         }
@@ -277,6 +278,7 @@ class Supervisor:
                 "restarts": w.restarts, "cpu_percent": round(cpu, 1), "rss_bytes": rss,
                 "events_in": s.get("events_in", 0), "events_out": s.get("events_out", 0),
                 "dropped": s.get("dropped", 0), "forwarded": s.get("forwarded", 0),
+                "slow_disconnects": s.get("slow_disconnects", 0),
                 "errors": s.get("errors", 0), "clients": s.get("clients", 0),
                 "subscriptions": s.get("subscriptions", 0), "slow_clients": s.get("slow_clients", []),
                 "queues": s.get("queues", {}),
@@ -284,8 +286,8 @@ class Supervisor:
         me = psutil.Process()
         sup_rss = me.memory_info().rss
         totals = {k: sum(w[k] for w in workers) for k in
-                  ("events_in", "events_out", "dropped", "errors", "clients", "subscriptions",
-                   "rss_bytes", "cpu_percent")}
+                  ("events_in", "events_out", "dropped", "slow_disconnects", "errors", "clients",
+                   "subscriptions", "rss_bytes", "cpu_percent")}
         totals["rss_bytes"] += sup_rss
         return {
             "schema": 1,

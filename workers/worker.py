@@ -22,8 +22,10 @@ import msgpack
 import zmq
 
 from tscale import bus, protocol
+from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRACE_MS
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
+from tscale.outbound import EXPIRED, UNDER, Outbound
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
 from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
@@ -47,6 +49,12 @@ IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if th
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
 PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
+# Control replies are never dropped: events stop at client_hwm frames (Outbound), the ROUTER's
+# SNDHWM leaves this many more for control frames, and what ZeroMQ still cannot take waits in
+# the connection's backlog.  A backlog longer than CONTROL_BACKLOG means the client does not read
+# its replies: it is disconnected as a slow consumer.
+CONTROL_HEADROOM = 1000
+CONTROL_BACKLOG = 2000
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -55,6 +63,8 @@ RCVMORE = int(zmq.RCVMORE)
 
 _OPEN_COMMANDS = frozenset({HELLO, PING, PONG, BYE})   # allowed before authentication
 _REQ_AT = {SUB: 4, UNSUB: 2, STATUS: 1}                # where a command carries its req id
+_REFUSALS = {protocol.E_NOT_AUTHORIZED: "authenticate with HELLO first",
+             protocol.E_SLOW_CONSUMER: "disconnected as a slow consumer; say HELLO and subscribe again"}
 
 
 class Worker:
@@ -66,6 +76,9 @@ class Worker:
         self.peer_frame_bytes = 1 << 20   # + one event: under any receiver's 16 x max_payload + 1 MiB
         self.token: str = spec.get("token") or ""
         self.max_subs: int = spec.get("max_subs_per_conn", 100_000)
+        self.hwm: int = spec.get("client_hwm", 1000)
+        self.max_pending: int = spec.get("client_max_pending", DEFAULT_CLIENT_MAX_PENDING)
+        self.grace: float = spec.get("slow_consumer_grace_ms", DEFAULT_SLOW_CONSUMER_GRACE_MS) / 1000
         self.log = setup(f"worker{self.index}", spec.get("log_level", "info"), spec.get("log_format", "text"))
         self.rlog = RateLimited(self.log)
         count = self.count
@@ -73,7 +86,9 @@ class Worker:
         self.conns: dict[bytes, Connection] = {}
         self.dirty: list[Connection] = []
         self.dead: list[Connection] = []
-        self.blocked: list[Connection] = []
+        self.blocked: list[Connection] = []       # without room for events (over their bound)
+        self.backlogged: list[Connection] = []    # holding control frames ZeroMQ could not take yet
+        self.lingering: dict[bytes, Outbound] = {}   # accounts of forgotten connections ZeroMQ still holds frames for
         # per-worker bus output buffers, packed and sent at flush time
         self.fwd = [[bus.FWD, self.index] for _ in range(count)]
         self.deliver = [[bus.DELIVER, self.index] for _ in range(count)]
@@ -93,7 +108,8 @@ class Worker:
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
-                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0}
+                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0,
+                      "slow_disconnects": 0}
         self.queues = QueueShell(self)
 
     # -- process ------------------------------------------------------------
@@ -126,7 +142,7 @@ class Worker:
         ctx = self.ctx
         r = self.router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
-        r.setsockopt(zmq.SNDHWM, spec.get("client_hwm", 1000))
+        r.setsockopt(zmq.SNDHWM, self.hwm + CONTROL_HEADROOM)   # events use at most client_hwm of it
         r.setsockopt(zmq.RCVHWM, 10000)
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.MAXMSGSIZE, self.max_payload * 16 + (1 << 20))
@@ -202,8 +218,10 @@ class Worker:
             frame = recv(copy=False)   # decoded from libzmq's buffer: a large frame is not copied first
             conn = conns.get(ident)
             if conn is None:
-                conn = conns[ident] = Connection(ident, self.now)
-                conn.rejected = bool(self.token)   # a token-protected node serves only after HELLO
+                ob = self.lingering.pop(ident, None) or Outbound(self.max_pending, self.hwm)
+                conn = conns[ident] = Connection(ident, self.now, ob)
+                if self.token:   # a token-protected node serves only after HELLO
+                    conn.rejected = protocol.E_NOT_AUTHORIZED
             else:
                 conn.last_seen = self.now
             if getsockopt(RCVMORE):
@@ -231,10 +249,10 @@ class Worker:
             return
         code = cmd[0]
         if conn.rejected and code not in _OPEN_COMMANDS:
-            # A token-protected node serves nothing but the handshake before a good HELLO.
+            # A token-protected node serves nothing but the handshake before a good HELLO, nor
+            # does it serve a connection it disconnected as a slow consumer.
             at = _REQ_AT.get(code)
-            self._error(conn, protocol.E_NOT_AUTHORIZED, "authenticate with HELLO first",
-                        cmd[at] if at is not None else None)
+            self._error(conn, conn.rejected, _REFUSALS[conn.rejected], cmd[at] if at is not None else None)
             return
         if code == PUB:
             self._ingest(conn, cmd, 1)
@@ -279,7 +297,7 @@ class Worker:
                 self.rlog.warning(("peer-auth",), "refused peer HELLO from %s: %r is not a neighbour",
                                   conn.ident.hex(), peer)
             return
-        conn.rejected = False
+        conn.rejected = ""
         conn.name = name
         conn.lang = lang
         conn.peer = peer
@@ -305,7 +323,7 @@ class Worker:
         """not_authorized: the connection loses its subscriptions and is served nothing but the handshake."""
         self._error(conn, protocol.E_NOT_AUTHORIZED, why, quiet=quiet)
         self._drop_subs(conn)
-        conn.rejected = True
+        conn.rejected = protocol.E_NOT_AUTHORIZED
         conn.peer = ""
 
     # -- events -------------------------------------------------------------
@@ -727,10 +745,12 @@ class Worker:
 
     # -- output -------------------------------------------------------------
     def _flush(self):
+        if self.backlogged:
+            self._send_backlogs(False)
         dirty = self.dirty
         if dirty:
-            router = self.router
             stats = self.stats
+            emit = self._emit
             for c in dirty:
                 o = c.out
                 if c.sink is not None:    # a durable queue or the queue API: stores instead of sending
@@ -738,23 +758,30 @@ class Worker:
                     del o[1:]
                     continue
                 n = (len(o) - 1) >> 2
+                ob = c.ob
+                # Over its bound (or still owed control replies): drop before packing, so a
+                # slow consumer costs the worker almost nothing.
+                data = pack(o) if not c.ctl and ob.room() else None
+                del o[1:]
                 try:
-                    router.send(c.ident, SEND_MORE)
-                    router.send(pack(o), NOBLOCK)
-                    stats["events_out"] += n
-                    if c.blocked:
-                        c.blocked = False
-                except zmq.Again:
-                    c.drops += n
-                    stats["dropped"] += n
-                    if not c.blocked:
-                        c.blocked = True
-                        self.blocked.append(c)
-                        self.rlog.warning(("slow", c.ident), "slow consumer %s: send buffer full, dropping",
-                                          c.label())
+                    if data is not None and ob.fits(len(data)):
+                        emit(c, data)
+                        stats["events_out"] += n
+                        continue
+                except zmq.Again:    # not expected: events stay under client_hwm < SNDHWM
+                    pass
                 except zmq.ZMQError:
                     self.dead.append(c)
-                del o[1:]
+                    continue
+                c.drops += n
+                stats["dropped"] += n
+                if not c.blocked:
+                    c.blocked = True
+                    if ob.over_since is None:
+                        ob.over_since = self.now
+                    self.blocked.append(c)
+                    self.rlog.warning(("slow", c.ident), "slow consumer %s: over client_max_pending, dropping",
+                                      c.label())
             dirty.clear()
         for k in range(self.count):
             self._flush_bus(k, self.fwd[k], 2, 3)
@@ -767,9 +794,7 @@ class Worker:
         if self.local_changes:
             self._send_local_changes()
         if self.dead:
-            for c in self.dead:
-                self._remove_conn(c)
-            self.dead.clear()
+            self._remove_dead()
 
     def _flush_bus(self, k: int, buf: list, header: int, stride: int):
         """Send worker k one batch (FWD, DELIVER or FWD_PEER) if it holds events; count them."""
@@ -855,16 +880,78 @@ class Worker:
                 # its neighbour: greet it again at the next housekeeping tick (not in a tight loop).
                 link.rehello = True
 
-    def _send(self, conn: Connection, frame: bytes) -> bool:
-        try:
-            self.router.send(conn.ident, SEND_MORE)
-            self.router.send(frame, NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
-        except zmq.ZMQError:
-            self.dead.append(conn)
-            return False
+    def _emit(self, c: Connection, data: bytes):
+        """Hand one frame for `c` to ZeroMQ and count it in its outbound bound; now and then as a
+        tracked watermark frame (tscale/outbound.py).  Raises what the send raises."""
+        ob = c.ob
+        size = len(data)
+        router = self.router
+        router.send(c.ident, SEND_MORE)
+        if ob.want_mark(size):
+            ob.sent(size, router.send(data, NOBLOCK, copy=False, track=True))
+        else:
+            router.send(data, NOBLOCK)
+            ob.sent(size)
+
+    def _send(self, conn: Connection, frame: bytes):
+        """Send a control frame (OK, ERR, PONG, WELCOME, STATUS_REPLY, PING).  Never dropped for
+        lack of room: what ZeroMQ cannot take now waits, in order, in the connection's backlog."""
+        if not conn.ctl:
+            try:
+                self._emit(conn, frame)
+                return
+            except zmq.Again:
+                self.backlogged.append(conn)
+            except zmq.ZMQError:
+                self.dead.append(conn)
+                return
+        if len(conn.ctl) < CONTROL_BACKLOG:
+            conn.ctl.append(frame)
+        elif not conn.rejected:
+            # It does not even read its replies: give up on it rather than leave it waiting.
+            self._slow_disconnect(conn, f"{CONTROL_BACKLOG} control replies it did not read", True)
+        # else: already disconnected; the slow_consumer notice ahead in its backlog answers for this one
+
+    def _send_backlogs(self, refused_too: bool):
+        """Retry the control backlogs, oldest frame first; those of connections already disconnected
+        as slow consumers only when `refused_too` (housekeeping), not on every flush."""
+        keep = []
+        for c in self.backlogged:
+            q = c.ctl
+            if q and (refused_too or not c.rejected):
+                i = 0
+                try:
+                    for frame in q:
+                        self._emit(c, frame)
+                        i += 1
+                except zmq.Again:
+                    pass
+                except zmq.ZMQError:
+                    self.dead.append(c)
+                    i = len(q)
+                del q[:i]
+            if q:
+                keep.append(c)
+        self.backlogged = keep
+
+    def _slow_disconnect(self, conn: Connection, why: str, replace_backlog: bool = False):
+        """Forget a slow consumer's subscriptions and tell it (fatal ERR slow_consumer) once it reads,
+        after the replies already queued for it (or instead of its backlog, `replace_backlog`);
+        until it says HELLO again every command is answered slow_consumer."""
+        self.stats["slow_disconnects"] += 1
+        self.rlog.warning(("slow-off", conn.ident), "slow consumer %s disconnected (%s); %d subscriptions dropped",
+                          conn.label(), why, len(conn.subs))
+        self._drop_subs(conn)
+        self._forget_acks(conn)
+        conn.rejected = protocol.E_SLOW_CONSUMER
+        conn.ob.over_since = None
+        notice = err(protocol.E_SLOW_CONSUMER, f"disconnected as a slow consumer: {why}")
+        if not conn.ctl:
+            self._send(conn, notice)
+        elif replace_backlog:
+            conn.ctl[:] = [notice]
+        else:
+            conn.ctl.append(notice)
 
     def _error(self, conn: Connection, code: str, message: str, req=None, quiet: bool = False):
         conn.errors += 1
@@ -891,11 +978,26 @@ class Worker:
         for s in list(conn.subs.values()):
             self._unsubscribe(conn, s)
 
-    def _remove_conn(self, conn: Connection):
-        self._drop_subs(conn)
-        self.conns.pop(conn.ident, None)
+    def _forget_acks(self, conn: Connection):
         for key in [a for a, p in self.pending_acks.items() if p[0] is conn]:
             del self.pending_acks[key]
+
+    def _remove_conn(self, conn: Connection, gone: bool = False):
+        """Forget a connection.  Unless it is `gone` (ZeroMQ dropped it, and its queue with it), keep its
+        outbound account while ZeroMQ still holds frames for it, so the same routing id coming back
+        (BYE, HELLO, flood, ...) starts from what is really queued, not from zero."""
+        self._drop_subs(conn)
+        if self.conns.get(conn.ident) is conn:
+            del self.conns[conn.ident]
+        self._forget_acks(conn)
+        conn.ctl.clear()
+        if not gone and not conn.ob.drained():
+            self.lingering[conn.ident] = conn.ob
+
+    def _remove_dead(self):
+        for c in self.dead:
+            self._remove_conn(c, gone=True)
+        self.dead.clear()
 
     # -- housekeeping -------------------------------------------------------
     def _tick(self, now: float):
@@ -917,10 +1019,10 @@ class Worker:
                     link.sock.send(self._peer_hello(), NOBLOCK)
                 except zmq.ZMQError:
                     link.rehello = True
-        if self.blocked:   # give blocked consumers another chance to take their share
-            for c in self.blocked:
-                c.blocked = False
-            self.blocked.clear()
+        if self.blocked:
+            self._check_slow(now)
+        if self.backlogged:
+            self._send_backlogs(True)
         if len(self.synced) < self.count:   # the other workers and the supervisor
             self._bus_send(bus.ALL, pack([bus.WORKER_HELLO, self.index, self.epoch]))
         self._start_queues()
@@ -935,9 +1037,25 @@ class Worker:
                 if now - c.last_seen > IDLE_PING_AFTER:
                     self._send(c, ping)
             if self.dead:
-                for c in self.dead:
-                    self._remove_conn(c)
-                self.dead.clear()
+                self._remove_dead()
+            for ident in [i for i, ob in self.lingering.items() if ob.drained()]:
+                del self.lingering[ident]
+
+    def _check_slow(self, now: float):
+        """Connections without room: unblock those that have room again (queue groups pick them
+        again), disconnect those that stayed over their bound longer than the grace period."""
+        keep = []
+        for c in self.blocked:
+            state = c.ob.check(now, self.grace) if self.conns.get(c.ident) is c and not c.rejected else UNDER
+            if state == UNDER:
+                c.blocked = False
+            elif state == EXPIRED:
+                c.blocked = False
+                self._slow_disconnect(c, f"over client_max_pending ({self.max_pending} bytes) "
+                                         f"for {self.grace:g} s")
+            else:
+                keep.append(c)
+        self.blocked = keep
 
     def _answer_status(self, now: float | None = None):
         keep = []
@@ -960,7 +1078,8 @@ class Worker:
             "subscriptions": self.table.subscriptions(),
             "uptime_s": round(time.time() - self.started, 1),
             **self.stats,
-            "slow_clients": [{"client": c.label(), "dropped": c.drops} for c in slow],
+            "slow_clients": [{"client": c.label(), "dropped": c.drops, "pending_bytes": c.ob.pending_bytes(),
+                              "disconnected": c.rejected == protocol.E_SLOW_CONSUMER} for c in slow],
             "peers": peers,
             "queues": self.queues.figures(),
         }
@@ -981,7 +1100,7 @@ class Worker:
             workers.append(mine)
         st["workers"] = workers
         totals = dict(st.get("totals", {}))
-        for k in ("events_in", "events_out", "dropped", "errors", "clients", "subscriptions"):
+        for k in ("events_in", "events_out", "dropped", "slow_disconnects", "errors", "clients", "subscriptions"):
             totals[k] = sum(w.get(k, 0) for w in workers)
         st["totals"] = totals
         st["answered_by_worker"] = self.index
