@@ -107,17 +107,21 @@ def test_frames_are_bounded_too():
 
 
 def test_grace_period():
+    """The worker starts an episode at the first dropped frame and ends it when a frame goes out."""
     ob = Outbound(limit=1 << 20, max_frames=1000)
     q = Queue(ob)
     assert ob.check(0.0, 5.0) == UNDER
     q.send(2 << 20)                      # over the bound, nobody reads
+    assert not ob.admits(10)
+    ob.over_since = 10.0                 # the worker drops a frame
     assert ob.check(10.0, 5.0) == OVER
     assert ob.check(14.9, 5.0) == OVER
     assert ob.check(15.0, 5.0) == EXPIRED
     q.read(1)                            # it read in time: the episode is forgotten
-    assert ob.check(16.0, 5.0) == UNDER and ob.over_since is None
-    q.send(2 << 20)
-    assert ob.check(20.0, 5.0) == OVER and ob.over_since == 20.0
+    assert ob.check(14.0, 5.0) == UNDER and ob.over_since is None
+    q.send(3 << 19)                      # under the bound but too full for the next frame
+    ob.over_since = 20.0
+    assert ob.check(25.0, 5.0) == EXPIRED
 
 
 def test_drained():

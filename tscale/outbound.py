@@ -36,7 +36,7 @@ UNDER, OVER, EXPIRED = 0, 1, 2   # results of Outbound.check
 
 class Outbound:
     __slots__ = ("limit", "max_frames", "slack", "frame_slack", "sent_bytes", "sent_frames",
-                 "done_bytes", "done_frames", "marks", "tail_bytes", "tail_frames", "over_since")
+                 "done_bytes", "done_frames", "marks", "tail_bytes", "tail_frames", "over_since", "event_bytes")
 
     def __init__(self, limit: int, max_frames: int):
         self.limit = limit                # client_max_pending, bytes
@@ -51,6 +51,7 @@ class Outbound:
         self.tail_bytes = 0               # sent since the last watermark
         self.tail_frames = 0
         self.over_since: float | None = None   # when the connection was first found without room
+        self.event_bytes = 64             # bytes per event in the last frame: estimates a frame before packing
 
     # -- accounting ---------------------------------------------------------
     def pending_bytes(self) -> int:
@@ -93,6 +94,16 @@ class Outbound:
         self.release()
         return self.sent_bytes - self.done_bytes < self.limit and self.sent_frames - self.done_frames < self.max_frames
 
+    def admits(self, events: int) -> bool:
+        """May a frame of `events` events be built?  Decided before packing (from the size per event of
+        the last frame), so a connection over its bound costs no packing."""
+        return self.room() and self.fits(events * self.event_bytes)
+
+    def packed(self, events: int, size: int) -> bool:
+        """A frame of `events` events was packed into `size` bytes: may it go (`fits`)?"""
+        self.event_bytes = size // events + 1
+        return self.fits(size)
+
     def fits(self, size: int) -> bool:
         """May a packed event frame of `size` bytes go?  Up to the bound, or alone on a (nearly) empty
         queue: so pending stays under max(limit, slack + one frame), and a frame larger than the bound
@@ -102,13 +113,16 @@ class Outbound:
 
     # -- slow-consumer policy -------------------------------------------------
     def check(self, now: float, grace: float) -> int:
-        """UNDER (room again: forget the episode), OVER (still without room, within the grace) or
-        EXPIRED (without room for longer than `grace` seconds: disconnect)."""
-        if self.room():
+        """The episode that began at `over_since` (the first event frame dropped; the worker ends it
+        when an event frame goes out again): UNDER (over, or the queue has drained to the slack),
+        OVER (still dropping or still full, within the grace) or EXPIRED (for longer than `grace`
+        seconds: disconnect)."""
+        if self.over_since is None:
+            return UNDER
+        self.release()
+        if self.sent_bytes - self.done_bytes <= self.slack:
             self.over_since = None
             return UNDER
-        if self.over_since is None:
-            self.over_since = now
         return EXPIRED if now - self.over_since >= grace else OVER
 
     def drained(self) -> bool:

@@ -36,6 +36,7 @@ from tscale.subjects import is_literal, name_error
 from .queues import QueueShell
 
 INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
+CLIENT_RCVHWM = 100       # frames queued per client connection on input; then ZeroMQ pushes back
 FLUSH_EVERY = 32          # frames read between output flushes (bounds batch size and latency)
 # One busy connection must not delay every other one (issue 10): the work between two
 # flushes is bounded in input bytes too (a 1000-event PUB frame of 128 B events is ~140 KB,
@@ -143,7 +144,7 @@ class Worker:
         r = self.router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
         r.setsockopt(zmq.SNDHWM, self.hwm + CONTROL_HEADROOM)   # events use at most client_hwm of it
-        r.setsockopt(zmq.RCVHWM, 10000)
+        r.setsockopt(zmq.RCVHWM, CLIENT_RCVHWM)
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.MAXMSGSIZE, self.max_payload * 16 + (1 << 20))
         r.setsockopt(zmq.HEARTBEAT_IVL, 2000)     # ZMTP pings: dead TCP peers are dropped by libzmq
@@ -761,12 +762,14 @@ class Worker:
                 ob = c.ob
                 # Over its bound (or still owed control replies): drop before packing, so a
                 # slow consumer costs the worker almost nothing.
-                data = pack(o) if not c.ctl and ob.room() else None
+                data = pack(o) if not c.ctl and ob.admits(n) else None
                 del o[1:]
                 try:
-                    if data is not None and ob.fits(len(data)):
+                    if data is not None and ob.packed(n, len(data)):
                         emit(c, data)
                         stats["events_out"] += n
+                        if ob.over_since is not None:
+                            ob.over_since = None     # it takes events again: the episode is over
                         continue
                 except zmq.Again:    # not expected: events stay under client_hwm < SNDHWM
                     pass
