@@ -146,3 +146,88 @@ def test_non_reading_subscribers_stay_bounded_and_are_disconnected(make_node, ra
         py.close()
         for s in slow:
             s.close(0)
+
+
+WINDOW = 2000
+N_SUBS = 20000
+
+
+def test_control_replies_are_never_lost(make_node):
+    """Point 4 of issue 7: many SUBs with up to 2,000 unanswered at a time, from a client with a tiny
+    receive side (so replies pile up in the node), past max_subs_per_conn: every SUB gets exactly one
+    OK or ERR, or the node says slow_consumer (then it is allowed to stop answering); never silence."""
+    node = make_node(workers=2, env={"TSCALE_MAX_SUBS_PER_CONN": "5000"})
+    P = uniq("rl")
+    s = zctx().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.RCVHWM, 10)
+    s.setsockopt(zmq.RCVBUF, 2048)
+    s.connect(f"tcp://127.0.0.1:{node.port}")
+    try:
+        s.send(pack([protocol.HELLO, 1, {"name": "many-subs"}]))
+        assert s.poll(DEADLINE * 1000) and msgpack.unpackb(s.recv())[0] == protocol.WELCOME
+        answers: dict[int, list] = {}
+        outstanding: set[int] = set()
+        sent = 0
+        closed = None
+        while sent < N_SUBS or outstanding:
+            while sent < N_SUBS and len(outstanding) < WINDOW:
+                s.send(pack([protocol.SUB, sent, f"{P}.{sent}", None, sent]))   # literal: half proxied
+                outstanding.add(sent)
+                sent += 1
+            assert s.poll(10_000), f"{len(outstanding)} SUBs unanswered for 10 s and nothing else came: lost"
+            cmd = msgpack.unpackb(s.recv())
+            if cmd[0] == protocol.ERR and cmd[1] == protocol.E_SLOW_CONSUMER and cmd[3] is None:
+                closed = cmd
+                break
+            if cmd[0] in (protocol.OK, protocol.ERR):
+                req = cmd[1] if cmd[0] == protocol.OK else cmd[3]
+                answers.setdefault(req, []).append(cmd)
+                outstanding.discard(req)
+        assert closed is None, f"the node gave up on a client that reads: {closed}"
+        assert sorted(answers) == list(range(N_SUBS))
+        assert all(len(a) == 1 for a in answers.values()), "a SUB was answered twice"
+        oks = sum(1 for a in answers.values() if a[0][0] == protocol.OK)
+        errs = [a[0][1] for a in answers.values() if a[0][0] == protocol.ERR]
+        assert oks == 5000 and set(errs) == {protocol.E_TOO_MANY_SUBS}, (oks, set(errs))
+    finally:
+        s.close(0)
+
+
+def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws):
+    """A Python client whose callback blocks its I/O thread is disconnected as a slow consumer; once it
+    reads again it gets the reason, subscribes again by itself and receives new events."""
+    node = make_node(workers=2, env={"TSCALE_CLIENT_MAX_PENDING": "65536", "TSCALE_SLOW_CONSUMER_GRACE_MS": "300"})
+    P = uniq("rec")
+    name = name_for(0, 2, P)
+    gate = threading.Event()
+    fresh = Inbox()
+
+    def cb(msg):
+        gate.wait(DEADLINE)
+        if msg.data == b"fresh":
+            fresh(msg)
+
+    c = tscale.Client(node.addr, name="stuck")
+    try:
+        c.subscribe(P + ".>", cb=cb)
+        flood = Flooder(node.port, [name])
+        flood.start()
+        try:
+            wait_until(lambda: node.status()["totals"]["slow_disconnects"] >= 1, what="a slow_consumer disconnect")
+        finally:
+            flood.stop.set()
+            flood.join(10)
+        gate.set()
+        wait_until(lambda: c.last_error is not None and c.last_error.code == protocol.E_SLOW_CONSUMER,
+                   what="the client to read the slow_consumer notice")
+        pub = raws(node.port, name="pub")
+
+        def got_fresh():
+            pub.pub(name, b"fresh")
+            return len(fresh) > 0
+
+        wait_until(got_fresh, interval=0.1, what="an event after the client subscribed again")
+    finally:
+        gate.set()
+        c.close(2.0)
