@@ -83,6 +83,10 @@ def test_precedence_file_then_env_then_flags(tmp_path):
     ({"listen": "127.0.0.1:70000"}, {}),
     ({"listen": "127.0.0.1:http"}, {}),
     ({"workers": 1000}, {}),
+    ({}, {"TSCALE_CLIENT_MAX_PENDING": "1024"}),
+    ({}, {"TSCALE_CLIENT_MAX_PENDING": str((1 << 30) + 1)}),
+    ({}, {"TSCALE_SLOW_CONSUMER_GRACE_MS": "-1"}),
+    ({}, {"TSCALE_SLOW_CONSUMER_GRACE_MS": "2.5"}),
 ])
 def test_bad_values_raise_config_error(flags, env):
     with pytest.raises(ConfigError) as ei:
@@ -125,3 +129,10 @@ def test_parse_hostport(value, expected):
 def test_resolved_keeps_explicit_values():
     c = NodeConfig(workers=2, name="n", data_dir="/d").resolved()
     assert (c.workers, c.name, c.data_dir) == (2, "n", "/d")
+
+
+def test_slow_consumer_options():
+    c = load({}, environ={})
+    assert (c.client_max_pending, c.slow_consumer_grace_ms) == (4 * 1024 * 1024, 5000)
+    c = load({}, environ={"TSCALE_CLIENT_MAX_PENDING": "65536", "TSCALE_SLOW_CONSUMER_GRACE_MS": "0"})
+    assert (c.client_max_pending, c.slow_consumer_grace_ms) == (65536, 0)
