@@ -3,6 +3,7 @@ counted, other clients keep getting answers within a second, slow consumers are 
 after the grace period with a reason they can read, and control replies are never lost."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -12,6 +13,7 @@ import pytest
 import zmq
 
 import tscale
+import tscale.aio
 from conftest import DEADLINE, Inbox, name_for, pack, uniq, wait_until, zctx
 from tscale import protocol
 from tscale.config import DEFAULT_CLIENT_MAX_PENDING
@@ -194,9 +196,11 @@ def test_control_replies_are_never_lost(make_node):
         s.close(0)
 
 
-def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws):
-    """A Python client whose callback blocks its I/O thread is disconnected as a slow consumer; once it
-    reads again it gets the reason, subscribes again by itself and receives new events."""
+@pytest.mark.parametrize("kind", ["sync", "asyncio"])
+def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws, kind):
+    """A Python client whose callback blocks its I/O thread (or event loop) is disconnected as a slow
+    consumer; once it reads again it gets the reason, subscribes again by itself and receives new
+    events."""
     node = make_node(workers=2, env={"TSCALE_CLIENT_MAX_PENDING": "65536", "TSCALE_SLOW_CONSUMER_GRACE_MS": "300"})
     P = uniq("rec")
     name = name_for(0, 2, P)
@@ -208,9 +212,26 @@ def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws):
         if msg.data == b"fresh":
             fresh(msg)
 
-    c = tscale.Client(node.addr, name="stuck")
+    ready, done = threading.Event(), threading.Event()
+    holder: dict = {}
+    if kind == "sync":
+        holder["c"] = tscale.Client(node.addr, name="stuck")
+        holder["c"].subscribe(P + ".>", cb=cb)
+        ready.set()
+    else:
+        async def amain():
+            c = holder["c"] = await tscale.aio.Client.connect(node.addr, name="stuck-aio")
+            await c.subscribe(P + ".>", cb=cb)   # a plain callback runs in the reader task: it blocks the loop
+            ready.set()
+            while not done.is_set():
+                await asyncio.sleep(0.05)
+            await c.close(2.0)
+
+        loop_thread = threading.Thread(target=asyncio.run, args=(amain(),), daemon=True)
+        loop_thread.start()
     try:
-        c.subscribe(P + ".>", cb=cb)
+        assert ready.wait(DEADLINE)
+        c = holder["c"]
         flood = Flooder(node.port, [name])
         flood.start()
         try:
@@ -218,7 +239,7 @@ def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws):
         finally:
             flood.stop.set()
             flood.join(10)
-        gate.set()
+            gate.set()
         wait_until(lambda: c.last_error is not None and c.last_error.code == protocol.E_SLOW_CONSUMER,
                    what="the client to read the slow_consumer notice")
         pub = raws(node.port, name="pub")
@@ -230,4 +251,8 @@ def test_python_client_recovers_after_slow_consumer_disconnect(make_node, raws):
         wait_until(got_fresh, interval=0.1, what="an event after the client subscribed again")
     finally:
         gate.set()
-        c.close(2.0)
+        done.set()
+        if kind == "sync":
+            holder["c"].close(2.0)
+        else:
+            loop_thread.join(DEADLINE)

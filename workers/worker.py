@@ -54,7 +54,7 @@ PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
 # SNDHWM leaves this many more for control frames, and what ZeroMQ still cannot take waits in
 # the connection's backlog.  A backlog longer than CONTROL_BACKLOG means the client does not read
 # its replies: it is disconnected as a slow consumer.
-CONTROL_HEADROOM = 1000
+CONTROL_HEADROOM = 4000   # > 2,000 replies outstanding + ZeroMQ's lag in seeing reads (half its HWM)
 CONTROL_BACKLOG = 2000
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
@@ -144,6 +144,9 @@ class Worker:
         r = self.router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
         r.setsockopt(zmq.SNDHWM, self.hwm + CONTROL_HEADROOM)   # events use at most client_hwm of it
+        # pyzmq copies frames under copy_threshold (64 KiB) even with copy=False and then hands back a
+        # tracker that is already done: the watermark frames (Outbound) must really be tracked.
+        r.copy_threshold = 0
         r.setsockopt(zmq.RCVHWM, CLIENT_RCVHWM)
         r.setsockopt(zmq.LINGER, 0)
         r.setsockopt(zmq.MAXMSGSIZE, self.max_payload * 16 + (1 << 20))
@@ -176,7 +179,8 @@ class Worker:
         next_stats = time.monotonic() + STATS_EVERY
         while self.running:
             try:
-                ready = poller.poll(TICK * 1000)
+                # A connection owed control replies is retried within a millisecond, not at the next tick.
+                ready = poller.poll(1 if self.backlogged else TICK * 1000)
             except zmq.ZMQError:
                 if not self.running:
                     break
