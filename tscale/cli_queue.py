@@ -16,12 +16,12 @@ ServerOpt = typer.Option(None, "--server", "-s", help="node address HOST:PORT [e
 
 
 def _fail(code: int, message: str):
-    from .cli import _fail as fail
+    from .cli import fail
     fail(code, message)
 
 
 def _session(server, name: str):
-    from .cli import _session as session
+    from .cli import session
     return session(server, name)
 
 queue_app = typer.Typer(add_completion=False, no_args_is_help=True,

@@ -1,0 +1,67 @@
+"""HOST:PORT addresses: one parser for node and client addresses (sans-I/O), and the quick
+reachability check the CLI makes before it waits for a node's handshake.
+
+`split_hostport` is pure.  `check_reachable` resolves the host and opens (and at once closes) one
+TCP connection, so a refused connection or an unknown host name is reported in milliseconds
+instead of after the handshake timeout.
+"""
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+from .errors import AddressError, ConnectError
+
+DEFAULT_PORT = 7400
+
+
+def split_hostport(value: str, default_host: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """'host:port', 'host', ':port', '[v6]:port' or 'tcp://host:port' -> (host, port); AddressError if unusable."""
+    if not isinstance(value, str) or not value.strip():
+        raise AddressError(f"address {value!r}: expected HOST:PORT")
+    a = value.strip().removeprefix("tcp://")
+    host, sep, port = a.rpartition(":")
+    if not sep or (host.count(":") and not host.startswith("[")):   # 'h' or a bare IPv6 address
+        host, port = a, str(default_port)
+    host = host.strip("[]") or default_host
+    if not port.isdigit():      # int() would also take ' 1', '+1', '1_0'
+        raise AddressError(f"address {value!r}: port must be a number")
+    p = int(port)
+    if not 0 < p < 65536:
+        raise AddressError(f"address {value!r}: port must be 1..65535")
+    if any(c.isspace() for c in host) or "/" in host:
+        raise AddressError(f"address {value!r}: not a host name or IP address")
+    return host, p
+
+
+def resolve(host: str, port: int, kind: int = socket.SOCK_STREAM, passive: bool = False) -> tuple:
+    """The first (family, sockaddr) getaddrinfo gives; ConnectError saying the name cannot be resolved."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE if passive else 0)
+    except socket.gaierror as exc:
+        raise ConnectError(f"cannot resolve host {host!r}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def check_reachable(host: str, port: int, timeout: float = 1.0) -> float:
+    """Fail fast if nothing can answer at host:port: ConnectError for an unknown host name or a refused
+    connection.  A connection that neither succeeds nor is refused within `timeout` is left to the
+    caller's handshake timeout.  Returns the seconds spent."""
+    t0 = time.monotonic()
+    family, sockaddr = resolve(host, port)
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(sockaddr)
+    except ConnectionRefusedError:
+        raise ConnectError(f"connection refused by {host}:{port}: no tscale node is listening there") from None
+    except socket.timeout:
+        pass
+    except OSError as exc:
+        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+            raise ConnectError(f"cannot reach {host}:{port}: {exc.strerror}") from None
+    finally:
+        s.close()
+    return time.monotonic() - t0
