@@ -8,6 +8,8 @@ instead of after the handshake timeout.
 from __future__ import annotations
 
 import errno
+import ipaddress
+import re
 import socket
 import time
 
@@ -21,18 +23,37 @@ def split_hostport(value: str, default_host: str, default_port: int = DEFAULT_PO
     if not isinstance(value, str) or not value.strip():
         raise AddressError(f"address {value!r}: expected HOST:PORT")
     a = value.strip().removeprefix("tcp://")
+    if a.count(":") > 1 and not a.startswith("["):
+        if not _is_ipv6(a):
+            raise AddressError(f"address {value!r}: expected HOST:PORT ([ADDRESS]:PORT for IPv6)")
+        return a, default_port          # a bare IPv6 address
     host, sep, port = a.rpartition(":")
-    if not sep or (host.count(":") and not host.startswith("[")):   # 'h' or a bare IPv6 address
+    if not sep:
         host, port = a, str(default_port)
-    host = host.strip("[]") or default_host
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if bracketed and not _is_ipv6(host):
+        raise AddressError(f"address {value!r}: {host!r} in brackets is not an IPv6 address")
+    host = host or default_host
     if not port.isdigit():      # int() would also take ' 1', '+1', '1_0'
         raise AddressError(f"address {value!r}: port must be a number")
     p = int(port)
     if not 0 < p < 65536:
         raise AddressError(f"address {value!r}: port must be 1..65535")
-    if any(c.isspace() for c in host) or "/" in host:
-        raise AddressError(f"address {value!r}: not a host name or IP address")
+    if not bracketed and not _HOSTNAME.fullmatch(host):
+        raise AddressError(f"address {value!r}: {host!r} is not a host name or IP address")
     return host, p
+
+
+_HOSTNAME = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})")
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text.split("%", 1)[0])
+        return True
+    except ValueError:
+        return False
 
 
 def resolve(host: str, port: int, kind: int = socket.SOCK_STREAM, passive: bool = False) -> tuple:
