@@ -233,3 +233,34 @@ def test_status_watch_refreshes_in_place_and_stops_cleanly(node2):
             p.kill()
             p.wait()
         os.close(master)
+
+
+# ----------------------------------------------------------------------------- sans-I/O parts
+def test_rates_per_second_skip_restarted_workers():
+    from tscale.status_view import rates
+    prev = {"workers": [{"index": 0, "pid": 1, "restarts": 0, "events_in": 100, "events_out": 10, "dropped": 0},
+                        {"index": 1, "pid": 2, "restarts": 0, "events_in": 50, "events_out": 0, "dropped": 0}]}
+    cur = {"workers": [{"index": 0, "pid": 1, "restarts": 0, "events_in": 300, "events_out": 50, "dropped": 4},
+                       {"index": 1, "pid": 3, "restarts": 1, "events_in": 5, "events_out": 0, "dropped": 0}]}
+    r = rates(prev, cur, 2.0)
+    assert r == {0: {"events_in": 100.0, "events_out": 20.0, "dropped": 2.0}}, "no total while one worker has none"
+    cur["workers"][1].update(pid=2, restarts=0, events_in=70)
+    r = rates(prev, cur, 2.0)
+    assert r[1]["events_in"] == 10.0 and r["total"]["events_in"] == 110.0
+    assert rates(None, cur, 1.0) == {} and rates(prev, cur, 0) == {}
+
+
+def test_run_dir_marker_names_a_live_or_dead_owner(tmp_path):
+    import psutil
+    from tscale import rundir
+    me = psutil.Process()
+    assert rundir.owner_alive(f"{me.pid} {me.create_time():.2f}")
+    assert not rundir.owner_alive(f"{me.pid} {me.create_time() - 100:.2f}"), "same pid, other process: stale"
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert not rundir.owner_alive(f"{dead.pid} 1.00")
+    assert rundir.owner_alive("garbage"), "an unreadable marker is left alone"
+    d = rundir.create(str(tmp_path))
+    assert Path(d).name.startswith("tscale-") and rundir.clean_stale(str(tmp_path)) == []
+    (Path(d) / "supervisor.pid").write_text(f"{dead.pid} 1.00")
+    assert rundir.clean_stale(str(tmp_path)) == [d] and not Path(d).exists()

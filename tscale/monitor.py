@@ -170,6 +170,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128          # listen backlog (socketserver's 5 makes a burst of scrapers wait for SYN retries)
 
     def __init__(self, addr, handler, family):
         self.address_family = family
