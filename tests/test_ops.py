@@ -264,3 +264,22 @@ def test_run_dir_marker_names_a_live_or_dead_owner(tmp_path):
     assert Path(d).name.startswith("tscale-") and rundir.clean_stale(str(tmp_path)) == []
     (Path(d) / "supervisor.pid").write_text(f"{dead.pid} 1.00")
     assert rundir.clean_stale(str(tmp_path)) == [d] and not Path(d).exists()
+
+
+# ----------------------------------------------------------------------------- tscale bench
+def test_bench_prints_what_its_help_promises(node2):
+    from tscale.bench.loadgen import expected_total
+    assert expected_total(1000, 2, None, False) == 2000 and expected_total(1000, 2, "g", False) == 1000
+    help_text = cli(["bench", "--help"], env={"COLUMNS": "200"}).stdout.decode()
+    assert "latency percentiles" in help_text and "--request" in help_text
+    r = cli(["bench", "--subs", "2", "--count", "2000", "--server", node2.addr], env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout.decode()
+    for row in ("published per second", "delivered per second", "lost", "per subscriber",
+                "node CPU per delivered event", "publisher CPU per event", "subscriber CPU per event"):
+        assert row in out, row
+    assert "2,000, 2,000" in out, "each of the 2 subscribers got every event"
+    r = cli(["bench", "--request", "--count", "200", "--json", "--server", node2.addr])
+    assert r.returncode == 0, r.stderr
+    res = __import__("json").loads(r.stdout)
+    assert res["ok"] == 200 and all(res[k] > 0 for k in ("p50", "p90", "p99", "p999", "max"))

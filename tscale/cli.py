@@ -214,7 +214,8 @@ def ping(
         c.flush(CONNECT_TIMEOUT)             # one PING/PONG round trip with every worker
         ms = (time.monotonic() - t0) * 1000
         info = c.info
-        print(f"node {info.get('node_name', '?')} at {addr} answered: {len(info.get('ports', []))} workers, "
+        n = len(info.get("ports", []))
+        print(f"node {info.get('node_name', '?')} at {addr} answered: {n} worker{'s' * (n != 1)}, "
               f"round trip {ms:.1f} ms")
     except TscaleError as exc:
         fail(EXIT_UNREACHABLE, str(exc))

@@ -187,7 +187,8 @@ class Supervisor:
     def _announce_ready(self):
         c = self.cfg
         last = self.port + len(self.workers) - 1
-        always(self.log, "node %s ready: %d workers on %s:%d%s, supervisor pid %d", c.name, len(self.workers),
+        n = len(self.workers)
+        always(self.log, "node %s ready: %d worker%s on %s:%d%s, supervisor pid %d", c.name, n, "s" * (n != 1),
                self.host, self.port, f"-{last}" if last != self.port else "", os.getpid())
         self._notify(f"READY=1\nSTATUS=ready: {len(self.workers)} workers on {self.host}:{self.port}\n"
                      f"MAINPID={os.getpid()}")
