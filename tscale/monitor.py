@@ -16,6 +16,8 @@ read timeout; it never touches the supervisor's sockets.
 from __future__ import annotations
 
 import json
+import logging
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +25,8 @@ from prometheus_client.core import CollectorRegistry, CounterMetricFamily, Gauge
 from prometheus_client.exposition import choose_encoder
 
 from .address import resolve
+
+log = logging.getLogger("supervisor")
 
 MAX_CONNECTIONS = 32
 READ_TIMEOUT = 5.0
@@ -182,6 +186,12 @@ class _Server(ThreadingHTTPServer):
             self.shutdown_request(request)      # too many open connections: close this one at once
             return
         super().process_request(request, client_address)
+
+    def handle_error(self, request, client_address):
+        """A client that hangs up or stalls is normal; anything else is one log line, never a traceback."""
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, (ConnectionError, TimeoutError)):
+            log.warning("monitor: request from %s failed: %r", client_address[0], exc)
 
     def process_request_thread(self, request, client_address):
         try:
