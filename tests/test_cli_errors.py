@@ -155,10 +155,10 @@ def test_help_has_no_bool_labels_and_describes_arguments(cmd):
     assert "<bool>" not in text
     if cmd in ("pub", "sub", "req", "reply"):
         args = text.split("Arguments", 1)[1].split("Options", 1)[0]
-        for line in args.splitlines():
-            m = re.search(r"\b(name|data|pattern)\s+<str>\s*(.*?)│?$", line)
-            if m:
-                assert m.group(2).strip(" │"), f"argument {m.group(1)} of {cmd} has no description: {line!r}"
+        rows = [m for m in (re.search(r"\b(NAME|DATA|PATTERN)\s+<str>\s*(.*?)│?$", l) for l in args.splitlines()) if m]
+        assert rows, f"no arguments listed for {cmd}"
+        for m in rows:
+            assert m.group(2).strip(" │"), f"argument {m.group(1)} of {cmd} has no description: {m.group(0)!r}"
     if cmd in ("ping", "pub", "sub", "req", "reply", "status", "bench"):
         assert "[env var: TSCALE_SERVER]" in text
 

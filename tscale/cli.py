@@ -225,8 +225,8 @@ def ping(
 
 @command()
 def pub(
-    name: str = typer.Argument(..., help="event name, e.g. orders.eu.created"),
-    data: Optional[str] = typer.Argument(None, help="payload; read from stdin when omitted"),
+    name: str = typer.Argument(..., metavar="NAME", help="event name, e.g. orders.eu.created"),
+    data: Optional[str] = typer.Argument(None, metavar="DATA", help="payload; read from stdin when omitted"),
     header: List[str] = typer.Option([], "--header", "-H", metavar="KEY=VALUE", help="a header, repeatable"),
     count: int = typer.Option(1, metavar="N", show_default=True, help="publish the event this many times"),
     confirm: bool = typer.Option(False, "--confirm", help="wait until a durable queue stored each event; print "
@@ -276,7 +276,7 @@ def _count_option(what: str):
 
 @command()
 def sub(
-    pattern: str = typer.Argument(..., help="name or pattern: * is one token, > the rest"),
+    pattern: str = typer.Argument(..., metavar="PATTERN", help="name or pattern: * is one token, > the rest"),
     queue: Optional[str] = _queue_option("join this queue group"),
     count: int = _count_option("exit after this many events (0 = run until interrupted)"),
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
@@ -305,8 +305,8 @@ def sub(
 
 @command()
 def req(
-    name: str = typer.Argument(..., help="name of the service to ask, e.g. math.double"),
-    data: str = typer.Argument("", help="request payload", show_default=False),
+    name: str = typer.Argument(..., metavar="NAME", help="name of the service to ask, e.g. math.double"),
+    data: str = typer.Argument("", metavar="DATA", help="request payload", show_default=False),
     header: List[str] = typer.Option([], "--header", "-H", metavar="KEY=VALUE", help="a header, repeatable"),
     timeout: float = typer.Option(2.0, metavar="S", show_default=True, help="seconds to wait for the reply"),
     as_json: bool = typer.Option(False, "--json", help="print the reply as one JSON object"),
@@ -329,8 +329,8 @@ def req(
 
 @command()
 def reply(
-    name: str = typer.Argument(..., help="name or pattern of the requests to answer"),
-    data: Optional[str] = typer.Argument(None, help="the reply to every request (or use --exec)"),
+    name: str = typer.Argument(..., metavar="NAME", help="name or pattern of the requests to answer"),
+    data: Optional[str] = typer.Argument(None, metavar="DATA", help="the reply to every request (or use --exec)"),
     queue: Optional[str] = _queue_option("answer in this queue group: each request goes to one member"),
     exec_cmd: Optional[str] = typer.Option(None, "--exec", metavar="CMD",
                                            help="run the shell command CMD per request, the request payload on "
