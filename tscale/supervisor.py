@@ -61,8 +61,10 @@ class WorkerProc:
 
     @property
     def up(self) -> bool:
-        """Running, listening, and connected to the supervisor over the in-host bus."""
-        return self.reported and self.alive
+        """Running, listening, and connected to the supervisor over the in-host bus.  Also read by the
+        monitor's thread, hence one read of `popen` (the main thread may replace it meanwhile)."""
+        p = self.popen
+        return self.reported and p is not None and p.poll() is None
 
     @property
     def alive(self) -> bool:
