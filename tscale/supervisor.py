@@ -323,21 +323,16 @@ class Supervisor:
     def status(self) -> dict:
         workers = []
         for w in self.workers:
-            cpu, rss = 0.0, 0
+            cpu, cpu_s, rss = 0.0, 0.0, 0
             if w.ps is not None and w.alive:
                 try:
                     cpu = w.ps.cpu_percent(None)
+                    t = w.ps.cpu_times()
+                    cpu_s = t.user + t.system
                     rss = w.ps.memory_info().rss
                 except psutil.Error:
                     pass
             s = w.stats
-            cpu_s = 0.0
-            if w.ps is not None and w.alive:
-                try:
-                    t = w.ps.cpu_times()
-                    cpu_s = t.user + t.system
-                except psutil.Error:
-                    pass
             workers.append({
                 "index": w.index, "pid": w.popen.pid if w.popen else None, "alive": w.alive,
                 "restarts": w.restarts, "cpu_percent": round(cpu, 1), "cpu_seconds": round(cpu_s, 2),
