@@ -172,3 +172,35 @@ def test_collector_per_link_traffic_and_rtt():
 
 def test_collector_before_the_first_snapshot_is_empty():
     assert list(NodeCollector(lambda: None).collect()) == []
+
+
+# ----------------------------------------------------------------------------- per-link metrics, two real nodes
+def test_link_traffic_and_rtt_of_two_nodes(tmp_path):
+    from clusterkit import ClusterRun, wait_one_tree
+    run = ClusterRun(tmp_path)
+    try:
+        mport = free_port_block(1)
+        a = run.add("127.0.0.1", workers=2, env={"TSCALE_MONITOR": f"127.0.0.1:{mport}"})
+        b = run.add("127.0.0.2", workers=1, join=[a])
+        wait_one_tree([a, b])
+        P = uniq("link")
+        sub = run.client(b).subscribe(P + ".>", confirm="cluster")
+        pub = run.client(a)
+        for i in range(40):
+            pub.publish(f"{P}.{i}", b"x")
+        for _ in range(40):
+            sub.next_msg(DEADLINE)
+        b_id = b.status()["node"]["id"]
+
+        def link_samples():
+            m = metrics(mport)
+            sent = {dict(k)["peer"]: v for k, v in by_name(m, "tscale_link_events_out_total").items()}
+            rtt = {dict(k)["peer"]: v for k, v in by_name(m, "tscale_link_rtt_seconds").items()}
+            return sent.get(b_id, 0) >= 40 and b_id in rtt and (sent, rtt, m)
+
+        sent, rtt, m = wait_until(link_samples, what="a's link to b in /metrics (traffic and RTT)")
+        assert 0 < rtt[b_id] < 1.0
+        assert m[("tscale_cluster_members", ())] == 2
+        assert sum(by_name(m, "tscale_peer_events_out_total").values()) >= 40
+    finally:
+        run.stop_all()
