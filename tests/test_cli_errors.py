@@ -4,7 +4,6 @@ reached; a refused connection fails at once; --version, --help with defaults and
 variables, shell completion."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import socket
