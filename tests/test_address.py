@@ -59,3 +59,18 @@ def test_check_ports_names_a_taken_port():
             check_ports(cfg)
     finally:
         s.close()
+
+
+def test_check_reachable_refused_and_listening():
+    from tscale.address import check_reachable
+    from tscale.errors import ConnectError
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    with pytest.raises(ConnectError, match="refused"):
+        check_reachable("127.0.0.1", port)          # bound, not listening: refused
+    s.listen()
+    try:
+        assert check_reachable("127.0.0.1", port) < 1.0
+    finally:
+        s.close()

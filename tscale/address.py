@@ -56,33 +56,40 @@ def _is_ipv6(text: str) -> bool:
         return False
 
 
-def resolve(host: str, port: int, kind: int = socket.SOCK_STREAM, passive: bool = False) -> tuple:
-    """The first (family, sockaddr) getaddrinfo gives; ConnectError saying the name cannot be resolved."""
+def _addrinfo(host: str, port: int, kind: int, passive: bool = False) -> list:
     try:
-        infos = socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE if passive else 0)
+        return socket.getaddrinfo(host, port, type=kind, flags=socket.AI_PASSIVE if passive else 0)
     except socket.gaierror as exc:
         raise ConnectError(f"cannot resolve host {host!r}: {exc.strerror}") from None
-    family, _, _, _, sockaddr = infos[0]
+
+
+def resolve(host: str, port: int, kind: int = socket.SOCK_STREAM, passive: bool = False) -> tuple:
+    """The first (family, sockaddr) getaddrinfo gives; ConnectError saying the name cannot be resolved."""
+    family, _, _, _, sockaddr = _addrinfo(host, port, kind, passive)[0]
     return family, sockaddr
 
 
 def check_reachable(host: str, port: int, timeout: float = 1.0) -> float:
-    """Fail fast if nothing can answer at host:port: ConnectError for an unknown host name or a refused
-    connection.  A connection that neither succeeds nor is refused within `timeout` is left to the
-    caller's handshake timeout.  Returns the seconds spent."""
+    """Fail fast if nothing can answer at host:port: ConnectError for an unknown host name, or when
+    every address of the name refuses the connection (`localhost` may be ::1 and 127.0.0.1).  A
+    connection that neither succeeds nor is refused within `timeout` is left to the caller's
+    handshake timeout.  Returns the seconds spent."""
     t0 = time.monotonic()
-    family, sockaddr = resolve(host, port)
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect(sockaddr)
-    except ConnectionRefusedError:
-        raise ConnectError(f"connection refused by {host}:{port}: no tscale node is listening there") from None
-    except socket.timeout:
-        pass
-    except OSError as exc:
-        if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
-            raise ConnectError(f"cannot reach {host}:{port}: {exc.strerror}") from None
-    finally:
-        s.close()
-    return time.monotonic() - t0
+    last = None
+    for family, _, _, _, sockaddr in _addrinfo(host, port, socket.SOCK_STREAM):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(max(0.05, timeout - (time.monotonic() - t0)))
+        try:
+            s.connect(sockaddr)
+            return time.monotonic() - t0
+        except ConnectionRefusedError:
+            last = f"connection refused by {host}:{port}: no tscale node is listening there"
+        except socket.timeout:
+            return time.monotonic() - t0
+        except OSError as exc:
+            if exc.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
+                return time.monotonic() - t0
+            last = f"cannot reach {host}:{port}: {exc.strerror}"
+        finally:
+            s.close()
+    raise ConnectError(last or f"cannot reach {host}:{port}")
