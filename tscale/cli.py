@@ -6,6 +6,7 @@ starting `tscale:` (`main` turns usage errors and unexpected exceptions into suc
 
 Helpers other commands can share: `fail(code, message)`, `server_option()`, `connect(server, name)`
 (address checked, refused connections and unknown hosts fail at once) and `session(server, name)`.
+Declare commands with `@command()` (not `@app.command()`) so their flags carry no "<bool>" label.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import typer
 from typer.core import TyperCommand, TyperGroup
 
 from . import __version__
-
 
 
 def _unlabel_flags(params):
