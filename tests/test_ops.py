@@ -4,6 +4,7 @@ whole process group, `tscale reply`, `tscale status --watch`."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import signal
@@ -40,11 +41,17 @@ def test_systemd_readiness_notification(make_node, tmp_path):
     sd.bind(path)
     sd.settimeout(DEADLINE)
     try:
-        node = make_node(2, start=False, env={"NOTIFY_SOCKET": path})
+        node = make_node(2, start=False, env={"NOTIFY_SOCKET": path}, extra=["--log-level", "error",
+                                                                              "--log-format", "json"])
         node.start()
         msg = sd.recv(4096).decode()
         fields = dict(l.split("=", 1) for l in msg.splitlines())
         assert fields["READY"] == "1" and fields["MAINPID"] == str(node.proc.pid), msg
+        # the same moment as the ready line, which shows at log level error too (here as JSON)
+        lines = [json.loads(l) for l in log_lines(node)]
+        assert [l["msg"] for l in lines if "ready" in l["msg"]] == [
+            f"node {node.status()['node']['name']} ready: 2 workers on 127.0.0.1:{node.port}-{node.port + 1}, "
+            f"supervisor pid {node.proc.pid}"]
         assert node.stop() == 0
         assert sd.recv(4096) == b"STOPPING=1"
     finally:
