@@ -6,6 +6,7 @@ import socket
 import pytest
 from hypothesis import given, strategies as st
 
+from conftest import free_port_block
 from tscale.address import split_hostport
 from tscale.config import ConfigError, NodeConfig
 from tscale.errors import AddressError
@@ -49,12 +50,13 @@ def test_monitor_on_a_node_port_is_refused_before_any_bind():
 
 
 def test_check_ports_names_a_taken_port():
+    base = free_port_block(2)
+    port = base + 1
     s = socket.socket()
-    s.bind(("127.0.0.1", 0))
+    s.bind(("127.0.0.1", port))
     s.listen()
-    port = s.getsockname()[1]
     try:
-        cfg = NodeConfig(listen=f"127.0.0.1:{port - 1}", workers=1, name="n", data_dir="/d").resolved()
+        cfg = NodeConfig(listen=f"127.0.0.1:{base}", workers=1, name="n", data_dir="/d").resolved()
         with pytest.raises(ConfigError, match=f"TCP port {port} on 127.0.0.1 \\(cluster control port\\)"):
             check_ports(cfg)
     finally:
