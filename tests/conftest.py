@@ -555,10 +555,11 @@ class Node:
                 pass
             p.wait(10)
         # Workers outlive a SIGKILLed supervisor only if something is broken; kill them by pid.
+        # (Each worker leads its own process group, so the killpg above does not reach it.)
         for pid in self._seen_pids - {p.pid}:
             try:
                 proc = psutil.Process(pid)
-                if proc.status() != psutil.STATUS_ZOMBIE and os.getpgid(pid) == p.pid:
+                if proc.status() != psutil.STATUS_ZOMBIE and "tscale_workers" in " ".join(proc.cmdline()):
                     proc.kill()
             except (psutil.Error, ProcessLookupError, OSError):
                 pass

@@ -136,3 +136,31 @@ def test_slow_consumer_options():
     assert (c.client_max_pending, c.slow_consumer_grace_ms) == (4 * 1024 * 1024, 5000)
     c = load({}, environ={"TSCALE_CLIENT_MAX_PENDING": "65536", "TSCALE_SLOW_CONSUMER_GRACE_MS": "0"})
     assert (c.client_max_pending, c.slow_consumer_grace_ms) == (65536, 0)
+
+
+@pytest.mark.parametrize("text", ['workers = "1"', "name = 5", 'no_discovery = "yes"', "listen = 7400",
+                                  "join = [1, 2]", 'max_payload = "1024"', "no_discovery = 2"])
+def test_toml_values_must_have_the_option_type(tmp_path, text):
+    with pytest.raises(ConfigError):
+        load({"config": write(tmp_path, text + "\n")}, environ={})
+
+
+def test_toml_typed_values_accepted(tmp_path):
+    c = load({"config": write(tmp_path, 'join = ["a:1", "b:2"]\nno_discovery = true\nworkers = 2\n')}, environ={})
+    assert (c.join, c.no_discovery, c.workers) == ("a:1,b:2", 1, 2)
+
+
+@pytest.mark.parametrize("flags", [{"workers": -1}, {"listen": "127.0.0.1:65535", "workers": 1},
+                                   {"discovery_port": 0}, {"monitor": "7000"}, {"monitor": "h:x"}])
+def test_values_checked_before_start(flags):
+    with pytest.raises(ConfigError):
+        load(flags, environ={})
+
+
+def test_highest_port_block_that_fits():
+    c = load({"listen": "127.0.0.1:65533", "workers": 2}, environ={})
+    assert c.workers == 2          # 65533, 65534 for workers, 65535 for the control port
+
+
+def test_monitor_address_defaults_to_loopback():
+    assert load({"monitor": ":9100"}, environ={}).monitor_address() == ("127.0.0.1", 9100)

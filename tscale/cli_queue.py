@@ -11,17 +11,17 @@ import typer
 # tscale/cli.py imports this module at its end, so its helpers are imported inside the commands
 # (a module-level import would be circular when cli runs as __main__).
 EXIT_FAILED, EXIT_USAGE = 1, 2
-ServerOpt = typer.Option(None, "--server", "-s", help="node address HOST:PORT [env TSCALE_SERVER, default "
-                                                      "127.0.0.1:7400]")
+ServerOpt = typer.Option(None, "--server", "-s", envvar="TSCALE_SERVER", show_envvar=True, show_default="127.0.0.1:7400",
+                         metavar="HOST:PORT", help="node address")   # as cli.server_option()
 
 
 def _fail(code: int, message: str):
-    from .cli import _fail as fail
+    from .cli import fail
     fail(code, message)
 
 
 def _session(server, name: str):
-    from .cli import _session as session
+    from .cli import session
     return session(server, name)
 
 queue_app = typer.Typer(add_completion=False, no_args_is_help=True,

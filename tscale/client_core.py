@@ -13,6 +13,7 @@ import os
 from zlib import crc32
 
 from . import protocol
+from .address import split_hostport
 from .errors import ServerError, TscaleError
 from .frames import decode_node
 from .subjects import is_literal, name_error, pattern_error
@@ -52,11 +53,8 @@ class Msg:
 
 
 def parse_address(addr: str) -> tuple[str, int]:
-    a = addr.removeprefix("tcp://")
-    host, sep, port = a.rpartition(":")
-    if not sep:
-        return a or "127.0.0.1", 7400
-    return (host.strip("[]") or "127.0.0.1"), int(port)
+    """The client side of `address.split_hostport`: a missing host means this host."""
+    return split_hostport(addr, "127.0.0.1")
 
 
 class CoreView:

@@ -10,7 +10,9 @@ import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-DEFAULT_PORT = 7400
+from .address import DEFAULT_PORT, split_hostport
+from .errors import AddressError
+
 DEFAULT_CLIENT_MAX_PENDING = 4 * 1024 * 1024   # bytes queued per client connection before events are dropped
 DEFAULT_SLOW_CONSUMER_GRACE_MS = 5000          # over its bound this long: the connection is disconnected
 
@@ -39,20 +41,25 @@ class NodeConfig:
     discovery_port: int = 7401
     advertise: str = ""              # HOST:PORT others should use to reach us (NAT)
     max_children: int = 8            # overlay fan-out bound
+    monitor: str = ""                # HOST:PORT of the HTTP monitor (/metrics, /healthz, /status); "" = off
 
     def resolved(self) -> "NodeConfig":
         """Fill in the computed defaults and validate."""
         import psutil
 
         c = NodeConfig(**asdict(self))
-        if c.workers <= 0:
+        if c.workers < 0:
+            raise ConfigError(f"workers {c.workers}: use 1..256, or 0 for one per CPU")
+        if c.workers == 0:
             c.workers = psutil.cpu_count(logical=True) or 1
         if not c.name:
             c.name = socket.gethostname()
         if not c.data_dir:
             base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
             c.data_dir = os.path.join(base, "tscale")
-        parse_hostport(c.listen)
+        _, port = parse_hostport(c.listen)
+        if not 1 <= c.discovery_port <= 65535:
+            raise ConfigError(f"discovery_port {c.discovery_port}: use 1..65535")
         if c.log_level.lower() not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"log level {c.log_level!r}: use debug, info, warning or error")
         if c.log_format not in ("text", "json"):
@@ -63,6 +70,8 @@ class NodeConfig:
             parse_hostport(seed)
         if c.advertise:
             parse_hostport(c.advertise)
+        if c.monitor:
+            c.monitor_address()
         if not c.cluster or not c.cluster.isprintable() or len(c.cluster) > 64:
             raise ConfigError(f"cluster name {c.cluster!r}: 1..64 printable characters")
         if c.client_hwm < 1:
@@ -77,7 +86,24 @@ class NodeConfig:
             raise ConfigError("max_children must be at least 1")
         if c.workers > 256:
             raise ConfigError("workers must be at most 256")
+        if port + c.workers > 65535:
+            raise ConfigError(f"listen port {port} with {c.workers} workers needs TCP ports {port}..{port + c.workers} "
+                              f"(one per worker, then the cluster control port): beyond 65535")
         return c
+
+    def monitor_address(self) -> tuple[str, int]:
+        """HOST:PORT of `monitor`; a missing host means 127.0.0.1 (not every interface)."""
+        if ":" not in self.monitor:
+            raise ConfigError(f"monitor {self.monitor!r}: expected HOST:PORT or :PORT")
+        try:
+            return split_hostport(self.monitor, "127.0.0.1")
+        except AddressError as exc:
+            raise ConfigError(f"monitor: {exc}") from None
+
+    def discovery_on(self) -> bool:
+        """UDP beacons run unless turned off or the node listens on a loopback address."""
+        host = parse_hostport(self.listen)[0]
+        return not self.no_discovery and not (host.startswith("127.") or host in ("localhost", "::1"))
 
 
     def join_list(self) -> list[str]:
@@ -85,18 +111,11 @@ class NodeConfig:
 
 
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """'host:port', 'host' or ':port' -> (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep:
-        host, port = value, str(default_port)
-    host = host.strip("[]") or "0.0.0.0"
+    """'host:port', 'host' or ':port' -> (host, port); a missing host means all interfaces."""
     try:
-        p = int(port)
-    except ValueError:
-        raise ConfigError(f"address {value!r}: port must be a number") from None
-    if not 0 < p < 65536:
-        raise ConfigError(f"address {value!r}: port must be 1..65535")
-    return host, p
+        return split_hostport(value, "0.0.0.0", default_port)
+    except AddressError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
@@ -106,10 +125,13 @@ BOOL_OPTIONS = frozenset({"no_discovery"})
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
 
 
-def _coerce(key: str, value):
+def _coerce(key: str, value, strict: bool = False):
     """One option value from TOML, the environment or a flag, checked strictly:
-    `workers = 2.5` or `workers = true` is an error, not 2 or 1."""
+    `workers = 2.5` or `workers = true` is an error, not 2 or 1.  With `strict` (a TOML file, which
+    has types) the value must also have the option's type: `workers = "1"` is an error."""
     typ = _TYPES[key]
+    if strict:
+        _check_toml_type(key, value, typ)
     if isinstance(value, list):
         value = ",".join(map(str, value))
     if key in BOOL_OPTIONS:
@@ -128,6 +150,21 @@ def _coerce(key: str, value):
         raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
 
 
+def _check_toml_type(key: str, value, typ) -> None:
+    if key in BOOL_OPTIONS:
+        ok = isinstance(value, bool) or (type(value) is int and value in (0, 1))
+        want = "true or false"
+    elif key == "join":
+        ok = isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+        want = "a string or an array of strings"
+    elif typ in (int, "int"):
+        ok, want = type(value) is int, "a whole number (no quotes)"
+    else:
+        ok, want = isinstance(value, str), "a string (in quotes)"
+    if not ok:
+        raise ConfigError(f"{key}: expected {want}, got {value!r}")
+
+
 def load(flags: dict, environ=os.environ) -> NodeConfig:
     """Merge the sources; `flags` holds CLI values (None = not given)."""
     values: dict = {}
@@ -143,7 +180,7 @@ def load(flags: dict, environ=os.environ) -> NodeConfig:
             key = k.replace("-", "_")
             if key not in _TYPES:
                 raise ConfigError(f"config file {path}: unknown option {k!r}")
-            values[key] = _coerce(key, v)
+            values[key] = _coerce(key, v, strict=True)
     for key in _TYPES:
         env = environ.get("TSCALE_" + key.upper())
         if env is not None and env != "":

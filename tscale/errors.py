@@ -25,3 +25,7 @@ class ServerError(TscaleError):
         self.code = code
         self.message = message
         self.fatal = fatal
+
+
+class AddressError(TscaleError, ValueError):
+    """An address that is not HOST:PORT, or whose port is not 1..65535."""

@@ -52,3 +52,9 @@ class RateLimited:
         if len(self._last) > 10_000:
             self._last.clear()
         self._log.warning(msg + (f" (+{n} similar suppressed)" if n else ""), *args)
+
+
+def always(log: logging.Logger, msg: str, *args) -> None:
+    """Log an INFO line whatever the configured level: the lines scripts and service managers wait
+    for (a node is ready, a node stopped)."""
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, msg, args, None))

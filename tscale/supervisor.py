@@ -11,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 
@@ -19,12 +18,13 @@ import msgpack
 import psutil
 import zmq
 
-from . import __version__, bus
+from . import __version__, bus, rundir, sdnotify
 from .cluster import ClusterControl
 from dataclasses import asdict
 
 from .config import NodeConfig, parse_hostport
-from .logs import setup
+from .errors import ConnectError
+from .logs import always, setup
 from .protocol import pack
 
 EXIT_BIND_FAILED = 3         # a worker's exit code when its port is taken
@@ -33,8 +33,12 @@ RESTART_MAX = 5.0            # cap of the back-off for a worker that keeps crash
 STOP_GRACE = 5.0             # SIGTERM -> SIGKILL
 
 
-def _die_with_parent():
-    """Runs in the child before exec: SIGKILL it if the supervisor dies (no orphans)."""
+def _worker_preexec():
+    """Runs in the child before exec.  Its own process group: a signal to the node's group (Ctrl-C
+    in a terminal, `kill -TERM -PGID`) reaches only the supervisor, which then stops the workers
+    itself instead of seeing them die and racing its own shutdown.  And SIGKILL it if the
+    supervisor dies (no orphans)."""
+    os.setpgid(0, 0)
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
@@ -53,6 +57,14 @@ class WorkerProc:
         self.crashes_in_row = 0
         self.restart_at = 0.0
         self.stats: dict = {}
+        self.reported = False        # said WORKER_HELLO or STATS since it was (re)started
+
+    @property
+    def up(self) -> bool:
+        """Running, listening, and connected to the supervisor over the in-host bus.  Also read by the
+        monitor's thread, hence one read of `popen` (the main thread may replace it meanwhile)."""
+        p = self.popen
+        return self.reported and p is not None and p.poll() is None
 
     @property
     def alive(self) -> bool:
@@ -70,6 +82,9 @@ class Supervisor:
         self.exit_code = 0
         self.started = time.time()
         self.last_cluster_error = -1e9
+        self.stop_reason = ""
+        self.snapshot: dict | None = None       # the last status document (read by the monitor thread)
+        self.monitor = None
 
     def _spec(self, index: int) -> dict:
         c = self.cfg
@@ -85,9 +100,10 @@ class Supervisor:
 
     def _spawn(self, w: WorkerProc):
         env = dict(os.environ, TSCALE_WORKER_SPEC=json.dumps(self._spec(w.index)))   # not argv: holds the token
+        env.pop("NOTIFY_SOCKET", None)        # only the supervisor speaks to systemd
         w.popen = subprocess.Popen(
             [sys.executable, "-m", "tscale_workers", f"--index={w.index}"],
-            preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL, env=env)
+            preexec_fn=_worker_preexec, stdin=subprocess.DEVNULL, env=env)
         w.started = time.monotonic()
         try:
             w.ps = psutil.Process(w.popen.pid)
@@ -95,13 +111,16 @@ class Supervisor:
         except psutil.Error:
             w.ps = None
         w.stats = {}
+        w.reported = False
 
     # -- lifecycle ------------------------------------------------------------
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         os.makedirs(self.cfg.data_dir, exist_ok=True)
-        self.run_dir = tempfile.mkdtemp(prefix="tscale-")
+        for path in rundir.clean_stale():
+            self.log.info("removed the run directory %s of a supervisor that is gone", path)
+        self.run_dir = rundir.create()
         self.ctx = zmq.Context()
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
@@ -120,11 +139,19 @@ class Supervisor:
         try:
             self.cluster.open(self.poller)
         except (zmq.ZMQError, OSError) as exc:
-            self.log.error("cannot open the cluster control port %s:%d or discovery port %d: %s",
-                           self.host, self.cluster.ctl_port, c.discovery_port, exc)
-            self.ctx.destroy(linger=0)
-            shutil.rmtree(self.run_dir, ignore_errors=True)
-            return 2
+            self.log.error("cannot open the cluster control port %s:%d%s: %s", self.host, self.cluster.ctl_port,
+                           f" or the UDP discovery port {c.discovery_port}" if self.cluster.discovery else "", exc)
+            return self._abort_start()
+        if c.monitor:
+            from .monitor import Monitor
+            mhost, mport = c.monitor_address()
+            try:
+                self.monitor = Monitor(mhost, mport, lambda: self.snapshot, self.health)
+            except (OSError, ConnectError) as exc:
+                self.log.error("cannot open the monitor port %s:%d: %s", mhost, mport, getattr(exc, "strerror", None) or exc)
+                self.cluster.close()
+                return self._abort_start()
+            self.log.info("monitor on http://%s:%d (/metrics, /healthz, /status)", mhost, mport)
         for w in self.workers:
             self.sub.connect(bus.worker_endpoint(self.run_dir, w.index))
             self._spawn(w)
@@ -138,18 +165,42 @@ class Supervisor:
             self._shutdown()
         return self.exit_code
 
+    def _abort_start(self) -> int:
+        self.ctx.destroy(linger=0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        return 2
+
     def _stop(self, signum, _frame):
         if self.running:
-            self.log.info("received %s, shutting down", signal.Signals(signum).name)
+            self.stop_reason = signal.Signals(signum).name
+            self.log.debug("received %s, shutting down", self.stop_reason)
         self.running = False
 
     def _discovery(self) -> bool:
-        if self.cfg.no_discovery:
-            return False
-        if self.host.startswith("127.") or self.host in ("localhost", "::1"):
+        on = self.cfg.discovery_on()
+        if not on and not self.cfg.no_discovery:
             self.log.info("listening on a loopback address: UDP discovery off (use --join)")
-            return False
-        return True
+        return on
+
+    def health(self) -> tuple[bool, list[int]]:
+        """(every worker is up, indexes of the workers that are not): for /healthz."""
+        down = [w.index for w in self.workers if not w.up]
+        return not down, down
+
+    def _announce_ready(self):
+        c = self.cfg
+        last = self.port + len(self.workers) - 1
+        n = len(self.workers)
+        always(self.log, "node %s ready: %d worker%s on %s:%d%s, supervisor pid %d", c.name, n, "s" * (n != 1),
+               self.host, self.port, f"-{last}" if last != self.port else "", os.getpid())
+        self._notify(f"READY=1\nSTATUS=ready: {len(self.workers)} workers on {self.host}:{self.port}\n"
+                     f"MAINPID={os.getpid()}")
+
+    def _notify(self, state: str):
+        try:
+            sdnotify.notify(state)
+        except OSError as exc:
+            self.log.warning("cannot notify the service manager on NOTIFY_SOCKET: %s", exc)
 
     def bus_all(self, msg: list):
         self.pub.send_multipart([bus.ALL, pack(msg)])
@@ -179,12 +230,13 @@ class Supervisor:
                     self.last_cluster_error = now
                     self.log.exception("cluster control error (the node keeps running)")
             self._watch(now)
-            if not announced and all(w.stats for w in self.workers):
+            if not announced and all(w.up for w in self.workers):
                 announced = True
-                self.log.info("node %s ready", self.cfg.name)
+                self._announce_ready()
             if now >= next_status:
                 next_status = now + 1.0
-                self.pub.send_multipart([bus.ALL, pack([bus.NODE_STATUS, bus.SUPERVISOR, self.status()])])
+                self.snapshot = st = self.status()
+                self.pub.send_multipart([bus.ALL, pack([bus.NODE_STATUS, bus.SUPERVISOR, st])])
 
     def _drain(self, now: float):
         while True:
@@ -200,6 +252,7 @@ class Supervisor:
                 continue
             if kind == bus.STATS:
                 self.workers[index].stats = arg
+                self.workers[index].reported = True
             elif kind == bus.LOCAL_INTEREST:
                 self.cluster.local_interest(index, arg)
             elif kind == bus.CONFIRM_REQ:
@@ -207,10 +260,13 @@ class Supervisor:
             elif kind == bus.SYNC_ACK:
                 self.cluster.worker_synced(arg, index)
             elif kind == bus.WORKER_HELLO:
+                self.workers[index].reported = True
                 self.cluster.worker_snapshot(index, arg)
                 self.bus_to(index, [bus.NODE_STATUS, bus.SUPERVISOR, self.status()])
 
     def _watch(self, now: float):
+        if not self.running:
+            return      # shutting down: a worker that exits now is not a crash, and nothing restarts
         for w in self.workers:
             if w.popen is None:
                 if now >= w.restart_at and self.running:
@@ -242,6 +298,9 @@ class Supervisor:
             self.cluster.worker_down(w.index)
 
     def _shutdown(self):
+        self._notify("STOPPING=1")
+        if self.monitor is not None:
+            self.monitor.close()
         live = [w for w in self.workers if w.popen is not None and w.popen.poll() is None]
         for w in live:
             try:
@@ -259,28 +318,32 @@ class Supervisor:
         self.cluster.close()
         self.ctx.destroy(linger=0)
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        self.log.info("node %s stopped", self.cfg.name)
+        always(self.log, "node %s stopped%s", self.cfg.name, f" ({self.stop_reason})" if self.stop_reason else "")
 
     # -- status ---------------------------------------------------------------
     def status(self) -> dict:
         workers = []
         for w in self.workers:
-            cpu, rss = 0.0, 0
+            cpu, cpu_s, rss = 0.0, 0.0, 0
             if w.ps is not None and w.alive:
                 try:
                     cpu = w.ps.cpu_percent(None)
+                    t = w.ps.cpu_times()
+                    cpu_s = t.user + t.system
                     rss = w.ps.memory_info().rss
                 except psutil.Error:
                     pass
             s = w.stats
             workers.append({
                 "index": w.index, "pid": w.popen.pid if w.popen else None, "alive": w.alive,
-                "restarts": w.restarts, "cpu_percent": round(cpu, 1), "rss_bytes": rss,
+                "restarts": w.restarts, "cpu_percent": round(cpu, 1), "cpu_seconds": round(cpu_s, 2),
+                "rss_bytes": rss,
                 "events_in": s.get("events_in", 0), "events_out": s.get("events_out", 0),
                 "dropped": s.get("dropped", 0), "forwarded": s.get("forwarded", 0),
                 "slow_disconnects": s.get("slow_disconnects", 0),
                 "errors": s.get("errors", 0), "clients": s.get("clients", 0),
                 "subscriptions": s.get("subscriptions", 0), "slow_clients": s.get("slow_clients", []),
+                "peer_in": s.get("peer_in", 0), "peer_out": s.get("peer_out", 0), "peers": s.get("peers", {}),
                 "queues": s.get("queues", {}),
             })
         me = psutil.Process()

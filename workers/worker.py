@@ -132,7 +132,7 @@ class Worker:
             self.queues.close()   # the last COMMIT; its confirms go out with one more flush
             self._flush()
             self.ctx.destroy(linger=0)
-            self.log.info("stopped")
+            self.log.debug("stopped")
         return 0
 
     def _stop(self, *_):

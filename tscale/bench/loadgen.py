@@ -41,6 +41,12 @@ def _node_counters(addr: str) -> tuple[int, int | None]:
     return st.get("totals", {}).get("events_out", 0), st.get("node", {}).get("supervisor_pid")
 
 
+def expected_total(count: int, subs: int, queue: str | None, request: bool) -> int:
+    """What the progress bar counts to: requests, or event copies the subscribers should receive
+    (every subscriber gets every event, a queue group shares them)."""
+    return count if request or queue else count * subs
+
+
 def run(addr: str, *, pubs: int, subs: int, size: int, count: int, queue: str | None,
         request: bool, rate: float | None, name: str, progress=None) -> dict:
     """Run one measurement; `progress(done, total)` is called about twice a second."""
@@ -50,13 +56,12 @@ def run(addr: str, *, pubs: int, subs: int, size: int, count: int, queue: str | 
     runner = Runner(workdir)
     out: dict = {}
     err: list = []
+    total = expected_total(count, subs, queue, request)
     if request:
-        total = count
         job = lambda: out.update(runner.reqrep(system, count, size, rate))   # noqa: E731
     else:
         per_pub = [count // pubs + (1 if i < count % pubs else 0) for i in range(pubs)]
-        expected = count if queue else count * subs
-        total = expected
+        expected = total
         flow = Flow(size=size, pubs=[Pub(name, n) for n in per_pub],
                     subs=[Sub(name, None if queue else count, queue) for _ in range(subs)],
                     expected=expected)
