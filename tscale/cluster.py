@@ -31,6 +31,7 @@ from . import bus
 from .client_core import ClientCore
 from .config import parse_hostport
 from .frames import decode_beacon, decode_control, decode_node
+from .handover import WorkerInterests
 from .interest import InterestTable
 from .overlay import Overlay
 from .protocol import ACCEPT, ATTACH, HB, INTEREST, MEMBERS, PROBE, REFUSE, RESYNC, SYNC, SYNC_ACK, WELCOME, pack
@@ -75,7 +76,7 @@ class ClusterControl:
               "started": time.time(), "v": 1}
         self.overlay = Overlay(me)
         self.interest = InterestTable()
-        self.per_worker: dict[int, dict] = {}
+        self.workers = WorkerInterests()    # each worker's interest, by epoch (handover.py)
         self.seeds = [parse_hostport(s) for s in join]
         self.discovery = discovery
         self.discovery_port = discovery_port
@@ -206,20 +207,18 @@ class ClusterControl:
         self.sup.bus_to(k, [bus.CLUSTER_SNAPSHOT, bus.SUPERVISOR, epoch, self.peers_doc(), tables])
 
     # -- from the workers ----------------------------------------------------------------
-    def local_interest(self, k: int, entries):
-        table = self.per_worker.setdefault(k, {})
-        for p, g, d in entries:
-            n = table.get((p, g), 0) + d
-            if n > 0:
-                table[(p, g)] = n
-            else:
-                table.pop((p, g), None)
-        self._fan_interest(self.interest.local_delta(entries))
+    def worker_hello(self, k: int, epoch: int):
+        self._local(self.workers.hello(k, epoch))
+
+    def local_interest(self, k: int, epoch: int, replace: bool, entries):
+        self._local(self.workers.report(k, epoch, bool(replace), entries))
 
     def worker_down(self, k: int):
-        table = self.per_worker.pop(k, {})
-        if table:
-            self._fan_interest(self.interest.local_delta([(p, g, -n) for (p, g), n in table.items()]))
+        self._local(self.workers.down(k))
+
+    def _local(self, changes: list):
+        if changes:
+            self._fan_interest(self.interest.local_delta(changes))
 
     def confirm(self, k: int, token: int, now: float):
         """A worker asks: tell me when every reachable node has our interest."""

@@ -11,6 +11,30 @@ from __future__ import annotations
 Key = tuple  # (pattern, group | None)
 
 
+def apply_count(table: dict, key: Key, delta: int) -> None:
+    """Add `delta` to a member count; a count that reaches zero leaves the table."""
+    n = table.get(key, 0) + delta
+    if n > 0:
+        table[key] = n
+    else:
+        table.pop(key, None)
+
+
+def counts(entries) -> dict[Key, int]:
+    """A table from [(pattern, group, count)] snapshot entries (non-positive counts dropped)."""
+    out: dict[Key, int] = {}
+    for pattern, group, n in entries:
+        if n > 0:
+            out[(pattern, group)] = out.get((pattern, group), 0) + n
+    return out
+
+
+def diff(old: dict, new: dict) -> list:
+    """[(pattern, group, delta)] that turns table `old` into `new`."""
+    return [(p, g, new.get((p, g), 0) - old.get((p, g), 0)) for (p, g) in set(old) | set(new)
+            if new.get((p, g), 0) != old.get((p, g), 0)]
+
+
 class InterestTable:
     def __init__(self):
         self.local: dict[Key, int] = {}
@@ -49,26 +73,17 @@ class InterestTable:
             return {}
         return {link: list(changes) for link in self.links if link != skip}
 
-    @staticmethod
-    def _apply(table: dict, key: Key, delta: int) -> None:
-        n = table.get(key, 0) + delta
-        if n > 0:
-            table[key] = n
-        else:
-            table.pop(key, None)
-
     def local_delta(self, entries) -> dict:
         changes = []
         for pattern, group, delta in entries:
-            self._apply(self.local, (pattern, group), delta)
+            apply_count(self.local, (pattern, group), delta)
             changes.append((pattern, group, delta))
         return self._fan(changes, None)
 
     def set_local(self, table: dict[Key, int]) -> dict:
-        old = self.local
-        changes = [(p, g, table.get((p, g), 0) - old.get((p, g), 0)) for (p, g) in set(old) | set(table)]
-        changes = [c for c in changes if c[2]]
-        self.local = {k: v for k, v in table.items() if v > 0}
+        new = {k: v for k, v in table.items() if v > 0}
+        changes = diff(self.local, new)
+        self.local = new
         return self._fan(changes, None)
 
     def add_link(self, link) -> list:
@@ -80,19 +95,15 @@ class InterestTable:
         table = self.links.setdefault(link, {})
         changes = []
         for pattern, group, delta in entries:
-            self._apply(table, (pattern, group), delta)
+            apply_count(table, (pattern, group), delta)
             changes.append((pattern, group, delta))
         return self._fan(changes, link)
 
     def link_replace(self, link, entries) -> dict:
-        old = self.links.get(link, {})
-        new = {}
-        for pattern, group, n in entries:
-            if n > 0:
-                new[(pattern, group)] = new.get((pattern, group), 0) + n
-        changes = [(p, g, new.get((p, g), 0) - old.get((p, g), 0)) for (p, g) in set(old) | set(new)]
+        new = counts(entries)
+        changes = diff(self.links.get(link, {}), new)
         self.links[link] = new
-        return self._fan([c for c in changes if c[2]], link)
+        return self._fan(changes, link)
 
     def remove_link(self, link) -> dict:
         old = self.links.pop(link, None) or {}
