@@ -32,7 +32,7 @@ from .client_core import ClientCore
 from .config import parse_hostport
 from .frames import decode_beacon, decode_control, decode_node
 from .handover import WorkerInterests
-from .interest import InterestTable
+from .interest import InterestLinks
 from .overlay import Overlay
 from .protocol import ACCEPT, ATTACH, HB, INTEREST, MEMBERS, PROBE, REFUSE, RESYNC, SYNC, SYNC_ACK, WELCOME, pack
 from .protocol import CTL_BYE as BYE
@@ -75,7 +75,8 @@ class ClusterControl:
               "port": adv_port, "ctl": self.ctl_port + (adv_port - port), "workers": workers,
               "started": time.time(), "v": 1}
         self.overlay = Overlay(me)
-        self.interest = InterestTable()
+        self.links = InterestLinks()          # interest per link, Clone-pattern sync (interest.py)
+        self.interest = self.links.table
         self.workers = WorkerInterests()    # each worker's interest, by epoch (handover.py)
         self.seeds = [parse_hostport(s) for s in join]
         self.discovery = discovery
@@ -83,8 +84,6 @@ class ClusterControl:
         self.parent_sock: zmq.Socket | None = None
         self.probes: dict[str, tuple] = {}        # endpoint -> (socket, deadline, kind)
         self.beaconed: dict[str, tuple] = {}      # node id -> (ip, ctl) heard by beacon
-        self.out_seq: dict[str, int] = {}
-        self.in_seq: dict[str, int] = {}
         self.rtt: dict[str, float] = {}
         self.ctl_msgs: dict[str, int] = {}
         self.barriers: dict[int, _Barrier] = {}
@@ -174,16 +173,16 @@ class ClusterControl:
         except zmq.ZMQError:
             return False
 
-    def _send_interest(self, mid: str, entries, replace: bool):
-        seq = self.out_seq.get(mid, 0) + 1
-        self.out_seq[mid] = seq
-        if not self._send(mid, pack([INTEREST, seq, replace, [list(e) for e in entries]])):
-            self.out_seq[mid] = -1   # forces a resync at the next message we get from it
-
-    def _fan_interest(self, changes: dict):
-        for mid, entries in changes.items():
-            if entries:
-                self._send_interest(mid, entries, False)
+    def _do(self, actions: list):
+        """Carry out what InterestLinks asked for."""
+        for a in actions:
+            if a[0] == "interest":
+                if not self._send(a[1], pack([INTEREST, a[2], a[3], a[4]])):
+                    self.links.send_failed(a[1])
+            elif a[0] == "resync":
+                self._send(a[1], pack([RESYNC]))
+            else:
+                self._publish_peer_interest(a[1], a[3], a[2])
 
     # -- bus towards the workers -------------------------------------------------------
     def peers_doc(self) -> dict:
@@ -217,8 +216,7 @@ class ClusterControl:
         self._local(self.workers.down(k))
 
     def _local(self, changes: list):
-        if changes:
-            self._fan_interest(self.interest.local_delta(changes))
+        self._do(self.links.local(changes))
 
     def confirm(self, k: int, token: int, now: float):
         """A worker asks: tell me when every reachable node has our interest."""
@@ -341,8 +339,8 @@ class ClusterControl:
                 self._send(mid, pack([HB, None, None, cmd[2]]))
             if cmd[3] is not None:
                 self.rtt[mid] = max(0.0, time.monotonic() - cmd[3])
-            if mid in ov.neighbours() and self.in_seq.get(mid) == -1:
-                self._send(mid, pack([RESYNC]))
+            if mid in ov.neighbours():
+                self._do(self.links.heard(mid))
             return
         if code == PROBE and via_router:
             self._fix_host(cmd[1], peer_ip)
@@ -376,22 +374,10 @@ class ClusterControl:
         elif code == INTEREST:
             if mid not in ov.neighbours():
                 return
-            seq, replace, entries = cmd[1], cmd[2], cmd[3]
-            expected = self.in_seq.get(mid, 0) + 1
-            if replace:
-                self.in_seq[mid] = seq
-                self._fan_interest(self.interest.link_replace(mid, entries))
-                self._publish_peer_interest(mid, entries, True)
-            elif seq == expected:
-                self.in_seq[mid] = seq
-                self._fan_interest(self.interest.link_delta(mid, entries))
-                self._publish_peer_interest(mid, entries, False)
-            else:
-                self.in_seq[mid] = -1
-                self._send(mid, pack([RESYNC]))
+            self._do(self.links.receive(mid, cmd[1], cmd[2], cmd[3]))
         elif code == RESYNC:
             if mid in ov.neighbours():
-                self._send_interest(mid, [(p, g, n) for (p, g), n in self.interest.export(mid).items()], True)
+                self._do(self.links.resync(mid))
         elif code == SYNC:
             self._start_barrier(("peer", mid, cmd[1]), mid, now, local_workers=True)
         elif code == SYNC_ACK:
@@ -465,10 +451,7 @@ class ClusterControl:
 
     # -- links -------------------------------------------------------------------------
     def _link_up(self, mid: str, now: float):
-        self.in_seq[mid] = 0
-        self.out_seq[mid] = 0
-        snap = self.interest.add_link(mid)
-        self._send_interest(mid, snap, True)
+        self._do(self.links.up(mid))
         self._publish_peers()
 
     def _link_down(self, mid: str, now: float, why: str):
@@ -478,11 +461,8 @@ class ClusterControl:
         ov.drop(mid, now, why)
         if was_parent:
             self._close_parent()
-        self.in_seq.pop(mid, None)
-        self.out_seq.pop(mid, None)
         self.rtt.pop(mid, None)
-        self._fan_interest(self.interest.remove_link(mid))
-        self._publish_peer_interest(mid, [], True)
+        self._do(self.links.down(mid))
         self._publish_peers()
         for token, b in list(self.barriers.items()):
             if mid in b.waiting:
@@ -541,6 +521,7 @@ class ClusterControl:
             gossip = ov.gossip() if ov.hb % 2 == 0 else None
             for mid in ov.neighbours():
                 self._send(mid, pack([HB, gossip, time.monotonic(), None]))
+                self._do(self.links.retry(mid))
             ov.expire(now)
         for token, b in list(self.barriers.items()):
             if now > b.deadline:

@@ -108,3 +108,77 @@ class InterestTable:
     def remove_link(self, link) -> dict:
         old = self.links.pop(link, None) or {}
         return self._fan([(p, g, -n) for (p, g), n in old.items()], link)
+
+
+class InterestLinks:
+    """The exchange of interest over overlay links (sans-I/O), around an InterestTable.
+
+    Each link carries INTEREST messages with sequence numbers: a full snapshot
+    (`replace`) when the link comes up or on request, deltas otherwise.  A gap
+    (a lost message, a send that failed) makes the receiver ask for a snapshot
+    (RESYNC), again at every heartbeat until one arrives.  Every method returns
+    the actions for the caller to carry out, in order:
+
+      ("interest", link, seq, replace, entries)   send INTEREST on link
+      ("resync", link)                            send RESYNC on link
+      ("workers", link, replace, entries)         tell the workers what link wants
+    """
+
+    def __init__(self, table: InterestTable | None = None):
+        self.table = table if table is not None else InterestTable()
+        self.out_seq: dict = {}
+        self.in_seq: dict = {}
+
+    def _send(self, link, entries, replace: bool) -> tuple:
+        seq = self.out_seq.get(link, 0) + 1
+        self.out_seq[link] = seq
+        return ("interest", link, seq, replace, [list(e) for e in entries])
+
+    def _fan(self, changes: dict) -> list:
+        return [self._send(link, entries, False) for link, entries in changes.items() if entries]
+
+    def send_failed(self, link) -> None:
+        """A message to `link` could not be sent: the next one leaves a gap, which forces a resync."""
+        if link in self.out_seq:
+            self.out_seq[link] = -1
+
+    def local(self, changes) -> list:
+        """The node's own interest changed by [(pattern, group, delta)]."""
+        return self._fan(self.table.local_delta(changes)) if changes else []
+
+    def up(self, link) -> list:
+        self.in_seq[link] = 0
+        self.out_seq[link] = 0
+        return [self._send(link, self.table.add_link(link), True)]
+
+    def down(self, link) -> list:
+        self.in_seq.pop(link, None)
+        self.out_seq.pop(link, None)
+        return self._fan(self.table.remove_link(link)) + [("workers", link, True, [])]
+
+    def receive(self, link, seq, replace: bool, entries) -> list:
+        """An INTEREST message from a linked neighbour."""
+        if link not in self.in_seq:
+            return []
+        if replace:
+            self.in_seq[link] = seq
+            return self._fan(self.table.link_replace(link, entries)) + [("workers", link, True, entries)]
+        if seq == self.in_seq[link] + 1 and self.in_seq[link] != -1:
+            self.in_seq[link] = seq
+            return self._fan(self.table.link_delta(link, entries)) + [("workers", link, False, entries)]
+        self.in_seq[link] = -1
+        return [("resync", link)]
+
+    def resync(self, link) -> list:
+        """The neighbour asks for a full snapshot."""
+        if link not in self.out_seq:
+            return []
+        return [self._send(link, [(p, g, n) for (p, g), n in self.table.export(link).items()], True)]
+
+    def heard(self, link) -> list:
+        """Any message from the neighbour (a heartbeat): repeat a pending resync request."""
+        return [("resync", link)] if self.in_seq.get(link) == -1 else []
+
+    def retry(self, link) -> list:
+        """At each heartbeat: after a failed send, offer a full snapshot instead of waiting for a gap."""
+        return self.resync(link) if self.out_seq.get(link) == -1 else []
