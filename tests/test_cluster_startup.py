@@ -16,21 +16,12 @@ import time
 import pytest
 
 import tscale
-from clusterkit import HOSTS, ClusterRun, Receiver
+from clusterkit import HOSTS, ClusterRun, Receiver, run  # noqa: F401 (run: a fixture)
 from conftest import wait_until
 
 SUBS_PER_NODE = 4
 SUB_WINDOW = 2.0          # subscribers start within this many seconds of the nodes' spawn
 CONVERGE = 20.0           # generous on a loaded 2-core machine; converges in about a second
-
-
-@pytest.fixture
-def run(tmp_path):
-    r = ClusterRun(tmp_path)
-    try:
-        yield r
-    finally:
-        r.stop_all()
 
 
 def _subscribe_when_up(run: ClusterRun, node, pattern: str, delay: float, out: list, errors: list):

@@ -341,8 +341,9 @@ class ClusterControl:
         if mid in ov.neighbours():
             ov.heard_from(mid, now)
         if code == HB:
-            if cmd[1]:
-                self._learn(cmd[1], now, peer_ip if mid == cmd[1][0].get("id") else None)
+            if cmd[1]:   # gossip deltas: the sender's own entry, if it is in, comes first
+                first = cmd[1][0]
+                self._learn(cmd[1], now, peer_ip if type(first) is dict and first.get("id") == mid else None)
             if cmd[2] is not None:   # echo the sender's clock so it can measure the round trip
                 self._send(mid, pack([HB, None, None, cmd[2]]))
             if cmd[3] is not None:
@@ -562,9 +563,9 @@ class ClusterControl:
         if now >= self.next_hb:
             self.next_hb = now + HB_EVERY
             ov.tick()
-            gossip = ov.gossip() if ov.hb % 2 == 0 else None
+            gossip = ov.hb % 2 == 0
             for mid in ov.neighbours():
-                self._send(mid, pack([HB, gossip, time.monotonic(), None]))
+                self._send(mid, pack([HB, ov.gossip_delta(mid) if gossip else None, time.monotonic(), None]))
                 self._do(self.links.retry(mid))
             ov.expire(now)
         for token, b in list(self.barriers.items()):
