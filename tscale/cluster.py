@@ -10,7 +10,11 @@ Control frames (msgpack arrays) between supervisors, over the control port
 (= listen port + worker count), DEALER (child, prober) -> ROUTER (parent):
   [PROBE, info, members] -> [MEMBERS, info, members]
   [ATTACH, info, members, last_resort] -> [ACCEPT, info, members] | [REFUSE, info, reason, members]
-  [HB, members|nil, sent_at, echo_of]     both ways every 0.5 s
+  [HB, gossip|nil, sent_at, echo_of]      both ways every 0.5 s; gossip = deltas (Overlay.gossip_delta):
+                                           full entries and [id, hb, stats] liveness refreshes
+  The info entry of PROBE and ATTACH carries "to" (the host the sender dialed), that of
+  MEMBERS, ACCEPT and REFUSE "saw" (the address the request came from): how a node bound
+  to 0.0.0.0 learns its own address.
   [INTEREST, seq, replace, [[pattern, group, count_or_delta], ...]]
   [RESYNC]                                 ask for a full INTEREST snapshot
   [SYNC, token] -> [SYNC_ACK, token]       interest barrier (confirmed subscribe)
