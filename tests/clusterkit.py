@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+import pytest
 import zmq
 
 import tscale
@@ -278,6 +279,16 @@ class ClusterRun:
                 n.stop()
             except Exception:
                 pass
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A ClusterRun that stops everything it started at teardown (import it into a test module)."""
+    r = ClusterRun(tmp_path)
+    try:
+        yield r
+    finally:
+        r.stop_all()
 
 
 # ----------------------------------------------------------------------------- overlay checks

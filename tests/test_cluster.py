@@ -22,22 +22,13 @@ import pytest
 
 import tscale
 from clusterkit import (ClusterRun, Receiver, Topo, duplicates, links_lost_in_logs, links_of, one_tree_problem,
-                        overlay_view, wait_one_tree, write_figures)
+                        overlay_view, run, wait_one_tree, write_figures)  # noqa: F401 (run: a fixture)
 from conftest import DEADLINE, Node, uniq, wait_until
 from tscale.overlay import FORGET_AFTER, Overlay
 from tscale.sharding import shard_of
 from tscale.subjects import matches
 
 EVENTS = 500
-
-
-@pytest.fixture
-def run(tmp_path):
-    r = ClusterRun(tmp_path)
-    try:
-        yield r
-    finally:
-        r.stop_all()
 
 
 def fence(pub: tscale.Client, prefix: str, receivers: list[Receiver], workers: int, timeout: float = DEADLINE):

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from tscale import frames, protocol
 from tscale.frames import (MAX_ANY_ITEMS, MAX_DEPTH, MAX_MAP_LEN, any_error, clean_msg, decode_beacon, decode_client,
-                           decode_control, decode_node, keys_error, member_error, meta_error, payload_error)
+                           decode_control, decode_node, keys_error, member_error, meta_error, payload_error,
+                           refresh_error)
 from tscale.protocol import (ACCEPT, ATTACH, BYE, CTL_BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED,
                              E_UNKNOWN_COMMAND, ERR, HB, HELLO, INTEREST, MEMBERS, MSG, OK, PEER_EVENTS, PING, PONG,
                              PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SYNC, SYNC_ACK, UNSUB, WELCOME,
@@ -460,10 +461,27 @@ def test_every_control_frame_with_any_field_types(code, rest):
         return
     assert cmd[0] == code
     if code in (PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE):
-        assert member_error(cmd[1]) is None and all(member_error(m) is None for m in cmd[-2 if code == ATTACH
-                                                                                        else -1])
+        assert member_error(cmd[1]) is None and all(_gossip_ok(m) for m in cmd[-2 if code == ATTACH else -1])
     elif code == HB:
-        assert cmd[1] is None or all(member_error(m) is None for m in cmd[1])
+        assert cmd[1] is None or all(_gossip_ok(m) for m in cmd[1])
+
+
+def _gossip_ok(m) -> bool:
+    return (refresh_error(m) if type(m) is list else member_error(m)) is None
+
+
+def test_gossip_refreshes_are_kept_and_checked():
+    """Gossip deltas (Overlay.gossip_delta) carry [id, hb, stats|nil] liveness refreshes."""
+    good = [["ab" * 8, 12, None], ["cd" * 8, 0, {"events_in": 3}]]
+    bad = [["ab" * 8, -1, None], ["", 1, None], ["x" * 500, 1, None], [5, 1, None], ["ab", "1", None],
+           ["ab", 1, {"events_in": "3"}], ["ab", 1], ["ab", 1, None, 4]]
+    for b in bad:
+        assert refresh_error(b), b
+    assert decode_control(pack([HB, good + bad + [MEMBER], 1.0, None])) == (HB, good + [MEMBER], 1.0, None)
+    hinted = dict(MEMBER, rev=3, to="10.0.0.1", saw="10.0.0.2")
+    assert decode_control(pack([PROBE, hinted, []]))[1] == hinted
+    for b in (dict(MEMBER, rev=-1), dict(MEMBER, to=5), dict(MEMBER, saw="h" * 300)):
+        assert member_error(b), b
 
 
 def test_beacons():

@@ -5,6 +5,9 @@ The test builds, only inside namespaces it creates (nothing touches the host's i
     ns "<tag>s"  (the switch):  bridge br0 with ports p0, p1, p2
     ns "<tag>0" .. "<tag>2":    eth0 (veth, peer pK in the switch)  10.77.X.(K+1)/24,  lo up
 
+The addresses are added with and without a broadcast address (`brd +`): container runtimes
+and namespaces often set none, and discovery must work there too (issue 13).
+
 and starts `tscale up` with no flags at all in each node namespace (default ports 7400/7401,
 UDP beacons on), so the nodes can only find each other through discovery.  A small agent
 process inside each namespace (a tscale.Client on 127.0.0.1:7400, driven over JSON lines on
@@ -216,7 +219,8 @@ class Agent:
 class Lab:
     """Namespaces, veths and a bridge, all inside namespaces created here."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, brd: bool = True):
+        self.brd = brd
         self.tag = f"ts{os.getpid()}{random.randrange(16 ** 3):03x}"
         self.subnet = 10 + os.getpid() % 240          # 10.77.<subnet>.0/24, private to these namespaces
         self.switch = self.tag + "s"
@@ -242,7 +246,7 @@ class Lab:
             ip("-n", ns, "link", "add", "eth0", "type", "veth", "peer", "name", f"p{k}", "netns", self.switch)
             ip("-n", self.switch, "link", "set", f"p{k}", "master", "br0")
             ip("-n", self.switch, "link", "set", f"p{k}", "up")
-            ip("-n", ns, "addr", "add", f"{self.addr(k)}/24", "brd", "+", "dev", "eth0")
+            ip("-n", ns, "addr", "add", f"{self.addr(k)}/24", *(["brd", "+"] if self.brd else []), "dev", "eth0")
             ip("-n", ns, "link", "set", "eth0", "up")
 
     def port(self, k: int, up: bool) -> None:
@@ -286,9 +290,9 @@ class Lab:
         return "\n".join(f"--- {n.ns}\n{n.log_text()[-2500:]}" for n in self.nodes)
 
 
-@pytest.fixture
-def lab(tmp_path):
-    lab = Lab(tmp_path)
+@pytest.fixture(params=[False, True], ids=["no-brd", "brd"])
+def lab(request, tmp_path):
+    lab = Lab(tmp_path, brd=request.param)
     try:
         lab.build()
         yield lab
@@ -334,9 +338,14 @@ def test_zero_config_discovery_partition_and_merge(lab, tmp_path):
         # 1. No flags at all: the nodes find each other by UDP beacons and form one overlay.
         wait_tree(a, 45.0, "3 nodes with no flags to form one overlay")
         figures["formed_s_after_start"] = round(time.monotonic() - t_start, 3)
-        # each node learnt the others' addresses on the bridge (its own entry has no address to give)
+        # each node learnt the others' addresses on the bridge, and its own (it listens on 0.0.0.0)
         addresses = sorted(m["address"] for m in a[0].cluster()["members"] if not m["self"])
         assert addresses == sorted(f"{lab.addr(k)}:7400" for k in range(1, NODES)), addresses
+        for k, ag in enumerate(a):
+            own = wait_until(lambda: (c := ag.cluster())["address_source"] == "peers" and c, DEADLINE,
+                             what=f"node {k} to learn its own address from a peer")
+            me = [m["address"] for m in own["members"] if m["self"]]
+            assert own["address"] == f"{lab.addr(k)}:7400" and me == [own["address"]], (own["address"], me)
 
         # ... and route an event from the first to the last.
         p = uniq("nz")

@@ -6,8 +6,8 @@ exactly once, it heals after deaths and merges after a partition.
 """
 from hypothesis import given, settings, strategies as st
 
-from tscale.overlay import Overlay
-from tscale.overlay_sim import SimNet
+from tscale.overlay import FORGET_AFTER, REFRESH_EVERY, Overlay
+from tscale.overlay_sim import ROUND, SimNet
 
 
 def _assert_flood_exactly_once(net: SimNet):
@@ -79,3 +79,45 @@ def test_parts_that_formed_apart_find_each_other_through_seeds():
     net = SimNet(26, seed=228)
     assert net.run_until_converged(max_rounds=200) > 0
     assert len(net.components()) == 1
+
+
+def test_gossip_deltas_full_once_then_liveness_refreshes():
+    ov = Overlay({"id": "5", "cluster": "c"})
+    ov.learn([{"id": "1", "cluster": "c", "hb": 3, "rev": 1}, {"id": "3", "cluster": "c", "hb": 7, "rev": 1}], 0.0)
+    first = ov.gossip_delta("9")
+    assert [e["id"] for e in first] == ["5", "1", "3"]              # a new link gets every entry in full
+    assert ov.gossip_delta("9") == []                               # nothing new: nothing sent
+    for _ in range(REFRESH_EVERY):
+        ov.tick()
+    assert ov.gossip_delta("9") == [["5", REFRESH_EVERY, None]]      # our liveness, compact
+    ov.learn([["3", 7 + REFRESH_EVERY, {"events_in": 4}]], 1.0)     # a refresh of a known member
+    ov.learn([["77", 50, None]], 1.0)                                # of an unknown one: ignored
+    assert ov.members["3"]["hb"] == 7 + REFRESH_EVERY and ov.seen["3"] == 1.0 and "77" not in ov.members
+    assert ov.gossip_delta("9") == [["3", 7 + REFRESH_EVERY, {"events_in": 4}]]
+    ov.add_child("8", 1.0)                                          # our content changed: full entry again
+    (mine,) = ov.gossip_delta("9")
+    assert mine["id"] == "5" and mine["kids"] == 1
+    ov.drop("9", 2.0, "dead")                                       # the link ended: a new one starts over
+    assert len(ov.gossip_delta("9")) == 3
+
+
+def test_delta_gossip_keeps_every_live_member_known_long_after_forget_after():
+    """Liveness refreshes every REFRESH_EVERY heartbeats must outrun FORGET_AFTER over
+    every path of the tree, or members would be forgotten and re-learnt over and over."""
+    net = SimNet(60, seed=5, max_children=3)     # a deeper tree: longer paths
+    assert net.run_until_converged(max_rounds=200) > 0
+
+    def everyone_knows_everyone():
+        return all(len(ov.members) == len(net.nodes) - 1 for ov in net.nodes.values())
+
+    for _ in range(60):
+        if everyone_knows_everyone():
+            break
+        net.step()
+    assert everyone_knows_everyone(), "gossip did not spread the members within 30 s"
+    for _ in range(int(4 * FORGET_AFTER / ROUND)):
+        net.step()
+        for nid, ov in net.nodes.items():
+            assert len(ov.members) == len(net.nodes) - 1, f"{nid} forgot a live member at t={net.now}"
+    assert not any(ov.lost for ov in net.nodes.values())
+    assert net.converged()

@@ -26,7 +26,8 @@ PEERS = 10             # [PEERS, -1, {peer_id: {host, ports, name}}]   current o
 PEER_INTEREST = 11     # [PEER_INTEREST, -1, peer_id, replace, [[pattern, group, n], ...]]
 SYNC_REQ = 12          # [SYNC_REQ, -1, token]       apply everything before this, then answer
 SYNC_ACK = 13          # [SYNC_ACK, from, token]
-LOCAL_INTEREST = 14    # [LOCAL_INTEREST, from, [[pattern, group, delta], ...]]   every subscription change
+LOCAL_INTEREST = 14    # [LOCAL_INTEREST, from, epoch, replace, [[pattern, group, delta_or_count], ...]]
+#                        a worker's interest: full table once the supervisor hears it, then deltas
 CONFIRM_REQ = 15       # [CONFIRM_REQ, from, key]    tell me when every reachable node has our interest
 CONFIRMED = 16         # [CONFIRMED, -1, key]
 CLUSTER_SNAPSHOT = 17  # [CLUSTER_SNAPSHOT, -1, epoch, peers, {peer_id: entries}]   for a (re)started worker

@@ -10,7 +10,11 @@ Control frames (msgpack arrays) between supervisors, over the control port
 (= listen port + worker count), DEALER (child, prober) -> ROUTER (parent):
   [PROBE, info, members] -> [MEMBERS, info, members]
   [ATTACH, info, members, last_resort] -> [ACCEPT, info, members] | [REFUSE, info, reason, members]
-  [HB, members|nil, sent_at, echo_of]     both ways every 0.5 s
+  [HB, gossip|nil, sent_at, echo_of]      both ways every 0.5 s; gossip = deltas (Overlay.gossip_delta):
+                                           full entries and [id, hb, stats] liveness refreshes
+  The info entry of PROBE and ATTACH carries "to" (the host the sender dialed), that of
+  MEMBERS, ACCEPT and REFUSE "saw" (the address the request came from): how a node bound
+  to 0.0.0.0 learns its own address.
   [INTEREST, seq, replace, [[pattern, group, count_or_delta], ...]]
   [RESYNC]                                 ask for a full INTEREST snapshot
   [SYNC, token] -> [SYNC_ACK, token]       interest barrier (confirmed subscribe)
@@ -30,8 +34,10 @@ import zmq
 from . import bus
 from .client_core import ClientCore
 from .config import parse_hostport
+from .discovery import beacon_targets
 from .frames import decode_beacon, decode_control, decode_node
-from .interest import InterestTable
+from .handover import WorkerInterests
+from .interest import InterestLinks
 from .overlay import Overlay
 from .protocol import ACCEPT, ATTACH, HB, INTEREST, MEMBERS, PROBE, REFUSE, RESYNC, SYNC, SYNC_ACK, WELCOME, pack
 from .protocol import CTL_BYE as BYE
@@ -69,27 +75,31 @@ class ClusterControl:
         self.bind_host = host
         self.ctl_port = port + workers
         adv_host, adv_port = parse_hostport(advertise, port) if advertise else (host, port)
+        wildcard = adv_host in ("0.0.0.0", "", "*")
+        # Where the others reach us.  Bound to every interface without --advertise, we learn it
+        # from the first peer that reaches us, or that we reach (see _own_host).
+        self.address_source = "advertise" if advertise else (None if wildcard else "listen")
         me = {"id": node_id, "name": name, "cluster": cluster,
-              "host": None if adv_host in ("0.0.0.0", "", "*") else adv_host,
+              "host": None if wildcard else adv_host,
               "port": adv_port, "ctl": self.ctl_port + (adv_port - port), "workers": workers,
               "started": time.time(), "v": 1}
         self.overlay = Overlay(me)
-        self.interest = InterestTable()
-        self.per_worker: dict[int, dict] = {}
+        self.links = InterestLinks()          # interest per link, Clone-pattern sync (interest.py)
+        self.interest = self.links.table
+        self.workers = WorkerInterests()    # each worker's interest, by epoch (handover.py)
         self.seeds = [parse_hostport(s) for s in join]
         self.discovery = discovery
         self.discovery_port = discovery_port
         self.parent_sock: zmq.Socket | None = None
         self.probes: dict[str, tuple] = {}        # endpoint -> (socket, deadline, kind)
         self.beaconed: dict[str, tuple] = {}      # node id -> (ip, ctl) heard by beacon
-        self.out_seq: dict[str, int] = {}
-        self.in_seq: dict[str, int] = {}
         self.rtt: dict[str, float] = {}
         self.ctl_msgs: dict[str, int] = {}
         self.barriers: dict[int, _Barrier] = {}
         self.next_token = 1
         self.next_hb = self.next_beacon = self.next_seek = 0.0
         self.udp: socket.socket | None = None
+        self.bound_udp: dict[str, socket.socket] = {}   # source address -> socket for limited broadcast
         self.rnd = random.Random()
         self.seeks = 0
         self.bad_frames = 0       # control frames and beacons that failed frames.decode_*, dropped
@@ -123,6 +133,8 @@ class ClusterControl:
         if self.udp is not None:
             self._beacon(bye=True)
             self.udp.close()
+        for s in self.bound_udp.values():
+            s.close()
         for sock, _, _ in self.probes.values():
             sock.close(0)
         if self.parent_sock is not None:
@@ -173,16 +185,16 @@ class ClusterControl:
         except zmq.ZMQError:
             return False
 
-    def _send_interest(self, mid: str, entries, replace: bool):
-        seq = self.out_seq.get(mid, 0) + 1
-        self.out_seq[mid] = seq
-        if not self._send(mid, pack([INTEREST, seq, replace, [list(e) for e in entries]])):
-            self.out_seq[mid] = -1   # forces a resync at the next message we get from it
-
-    def _fan_interest(self, changes: dict):
-        for mid, entries in changes.items():
-            if entries:
-                self._send_interest(mid, entries, False)
+    def _do(self, actions: list):
+        """Carry out what InterestLinks asked for."""
+        for a in actions:
+            if a[0] == "interest":
+                if not self._send(a[1], pack([INTEREST, a[2], a[3], a[4]])):
+                    self.links.send_failed(a[1])
+            elif a[0] == "resync":
+                self._send(a[1], pack([RESYNC]))
+            else:
+                self._publish_peer_interest(a[1], a[3], a[2])
 
     # -- bus towards the workers -------------------------------------------------------
     def peers_doc(self) -> dict:
@@ -206,20 +218,17 @@ class ClusterControl:
         self.sup.bus_to(k, [bus.CLUSTER_SNAPSHOT, bus.SUPERVISOR, epoch, self.peers_doc(), tables])
 
     # -- from the workers ----------------------------------------------------------------
-    def local_interest(self, k: int, entries):
-        table = self.per_worker.setdefault(k, {})
-        for p, g, d in entries:
-            n = table.get((p, g), 0) + d
-            if n > 0:
-                table[(p, g)] = n
-            else:
-                table.pop((p, g), None)
-        self._fan_interest(self.interest.local_delta(entries))
+    def worker_hello(self, k: int, epoch: int):
+        self._local(self.workers.hello(k, epoch))
+
+    def local_interest(self, k: int, epoch: int, replace: bool, entries):
+        self._local(self.workers.report(k, epoch, bool(replace), entries))
 
     def worker_down(self, k: int):
-        table = self.per_worker.pop(k, {})
-        if table:
-            self._fan_interest(self.interest.local_delta([(p, g, -n) for (p, g), n in table.items()]))
+        self._local(self.workers.down(k))
+
+    def _local(self, changes: list):
+        self._do(self.links.local(changes))
 
     def confirm(self, k: int, token: int, now: float):
         """A worker asks: tell me when every reachable node has our interest."""
@@ -336,29 +345,34 @@ class ClusterControl:
         if mid in ov.neighbours():
             ov.heard_from(mid, now)
         if code == HB:
-            if cmd[1]:
-                self._learn(cmd[1], now, peer_ip if mid == cmd[1][0].get("id") else None)
+            if cmd[1]:   # gossip deltas: the sender's own entry, if it is in, comes first
+                first = cmd[1][0]
+                self._learn(cmd[1], now, peer_ip if type(first) is dict and first.get("id") == mid else None)
             if cmd[2] is not None:   # echo the sender's clock so it can measure the round trip
                 self._send(mid, pack([HB, None, None, cmd[2]]))
             if cmd[3] is not None:
                 self.rtt[mid] = max(0.0, time.monotonic() - cmd[3])
-            if mid in ov.neighbours() and self.in_seq.get(mid) == -1:
-                self._send(mid, pack([RESYNC]))
+            if mid in ov.neighbours():
+                self._do(self.links.heard(mid))
             return
+        if code in (PROBE, ATTACH) and via_router:
+            self._own_host(cmd[1].pop("to", None))   # the address the prober dialed: ours
+        elif code in (ACCEPT, REFUSE) and not via_router:
+            self._own_host(cmd[1].pop("saw", None))  # the address the answerer saw us at
         if code == PROBE and via_router:
             self._fix_host(cmd[1], peer_ip)
             self._learn([cmd[1]] + list(cmd[2]), now)
-            self._reply(mid, pack([MEMBERS, ov.my_entry(), ov.gossip()]))
+            self._reply(mid, pack([MEMBERS, self._entry(saw=peer_ip), ov.gossip()]))
         elif code == ATTACH and via_router:
             self._fix_host(cmd[1], peer_ip)
             self._learn([cmd[1]] + list(cmd[2]), now)
             why = ov.may_accept_child(mid, len(cmd) > 3 and bool(cmd[3]))
             if why is not None or mid not in ov.members:
-                self._reply(mid, pack([REFUSE, ov.my_entry(), why or "unknown member", ov.gossip()]))
+                self._reply(mid, pack([REFUSE, self._entry(saw=peer_ip), why or "unknown member", ov.gossip()]))
                 return
             fresh = mid not in ov.children
             ov.add_child(mid, now)
-            self._reply(mid, pack([ACCEPT, ov.my_entry(), ov.gossip()]))
+            self._reply(mid, pack([ACCEPT, self._entry(saw=peer_ip), ov.gossip()]))
             self._link_up(mid, now)
             if fresh:
                 log.info("node %s (%s) attached as child", ov.members[mid].get("name"), mid)
@@ -377,22 +391,10 @@ class ClusterControl:
         elif code == INTEREST:
             if mid not in ov.neighbours():
                 return
-            seq, replace, entries = cmd[1], cmd[2], cmd[3]
-            expected = self.in_seq.get(mid, 0) + 1
-            if replace:
-                self.in_seq[mid] = seq
-                self._fan_interest(self.interest.link_replace(mid, entries))
-                self._publish_peer_interest(mid, entries, True)
-            elif seq == expected:
-                self.in_seq[mid] = seq
-                self._fan_interest(self.interest.link_delta(mid, entries))
-                self._publish_peer_interest(mid, entries, False)
-            else:
-                self.in_seq[mid] = -1
-                self._send(mid, pack([RESYNC]))
+            self._do(self.links.receive(mid, cmd[1], cmd[2], cmd[3]))
         elif code == RESYNC:
             if mid in ov.neighbours():
-                self._send_interest(mid, [(p, g, n) for (p, g), n in self.interest.export(mid).items()], True)
+                self._do(self.links.resync(mid))
         elif code == SYNC:
             self._start_barrier(("peer", mid, cmd[1]), mid, now, local_workers=True)
         elif code == SYNC_ACK:
@@ -405,6 +407,36 @@ class ClusterControl:
                 self._link_down(mid, now, "bye")
             else:
                 ov.forget(mid, now, "bye")
+
+    # -- our own address ------------------------------------------------------------------
+    def _entry(self, **hint) -> dict:
+        """Our member entry, with a hint for the other side: `to` (the host we dialed) or `saw`
+        (the address its connection came from).  The receiver pops it before learning the entry."""
+        return dict(self.overlay.my_entry(), **hint)
+
+    def _own_host(self, host) -> None:
+        """A peer told us at which address it reaches us.  Taken only while we do not know ours
+        (bound to 0.0.0.0, no --advertise), and only if it is an address of one of our interfaces:
+        a peer cannot make us announce somebody else's address.  A loopback address is kept only
+        until a peer reaches us at another one."""
+        me = self.overlay.me
+        if self.address_source not in (None, "peers") or type(host) is not str:
+            return
+        if me["host"] is not None and not me["host"].startswith("127."):
+            return
+        if host == me["host"] or host not in _local_ipv4():
+            return
+        me["host"] = host
+        self.address_source = "peers"
+        log.info("own address learnt from a peer: %s:%s", host, me["port"])
+
+    def own_address(self) -> tuple[str, str]:
+        """(HOST:PORT, where it comes from) for status; never None."""
+        me = self.overlay.me
+        if me["host"] is not None:
+            return f"{me['host']}:{me['port']}", self.address_source
+        ips = sorted(_local_ipv4(), key=lambda a: (a.startswith("127."), a))
+        return f"{ips[0] if ips else '127.0.0.1'}:{me['port']}", "interfaces"
 
     def _learn(self, infos, now: float, peer_ip=None):
         infos = list(infos)
@@ -434,6 +466,7 @@ class ClusterControl:
             return
         cmd = self._decode(frame.bytes, "probe " + ep)
         if cmd is not None and cmd[0] == MEMBERS:
+            self._own_host(cmd[1].pop("saw", None))
             self._fix_host(cmd[1], frame.get("Peer-Address"))
             self._learn([cmd[1]] + list(cmd[2]), now)
 
@@ -466,10 +499,7 @@ class ClusterControl:
 
     # -- links -------------------------------------------------------------------------
     def _link_up(self, mid: str, now: float):
-        self.in_seq[mid] = 0
-        self.out_seq[mid] = 0
-        snap = self.interest.add_link(mid)
-        self._send_interest(mid, snap, True)
+        self._do(self.links.up(mid))
         self._publish_peers()
 
     def _link_down(self, mid: str, now: float, why: str):
@@ -479,11 +509,8 @@ class ClusterControl:
         ov.drop(mid, now, why)
         if was_parent:
             self._close_parent()
-        self.in_seq.pop(mid, None)
-        self.out_seq.pop(mid, None)
         self.rtt.pop(mid, None)
-        self._fan_interest(self.interest.remove_link(mid))
-        self._publish_peer_interest(mid, [], True)
+        self._do(self.links.down(mid))
         self._publish_peers()
         for token, b in list(self.barriers.items()):
             if mid in b.waiting:
@@ -503,7 +530,7 @@ class ClusterControl:
         # Not our node id: the peer's ROUTER hands an identity over to its newest connection
         # (ROUTER_HANDOVER), so a probe under our id would cut our link if that peer is our parent.
         s = self._dealer(endpoint, identity=self.overlay.id + "/probe")
-        s.send(pack([PROBE, self.overlay.my_entry(), self.overlay.gossip()]))
+        s.send(pack([PROBE, self._entry(to=_host_of(endpoint)), self.overlay.gossip()]))
         self.probes[endpoint] = (s, now + PROBE_TIMEOUT, "probe")
 
     def _resolve_seed(self, host: str, port: int, now: float):
@@ -535,13 +562,15 @@ class ClusterControl:
             if ep is not None:
                 ov.asking(cand, now, last_resort)
                 self.parent_sock = self._dealer(ep, identity=True)
-                self.parent_sock.send(pack([ATTACH, ov.my_entry(), ov.gossip(), last_resort]))
+                self.parent_sock.send(pack([ATTACH, self._entry(to=ov.members[cand]["host"]), ov.gossip(),
+                                            last_resort]))
         if now >= self.next_hb:
             self.next_hb = now + HB_EVERY
             ov.tick()
-            gossip = ov.gossip() if ov.hb % 2 == 0 else None
+            gossip = ov.hb % 2 == 0
             for mid in ov.neighbours():
-                self._send(mid, pack([HB, gossip, time.monotonic(), None]))
+                self._send(mid, pack([HB, ov.gossip_delta(mid) if gossip else None, time.monotonic(), None]))
+                self._do(self.links.retry(mid))
             ov.expire(now)
         for token, b in list(self.barriers.items()):
             if now > b.deadline:
@@ -574,13 +603,28 @@ class ClusterControl:
         me = self.overlay.me
         body = BEACON_MAGIC + pack({"v": 1, "c": me["cluster"], "id": me["id"], "p": me["port"],
                                     "k": me["ctl"], "bye": bye})
-        for addrs in psutil.net_if_addrs().values():
-            for a in addrs:
-                if a.family == socket.AF_INET and a.broadcast and not a.address.startswith("127."):
-                    try:
-                        self.udp.sendto(body, (a.broadcast, self.discovery_port))
-                    except OSError:
-                        pass
+        for target, source in beacon_targets(psutil.net_if_addrs().values()):
+            try:
+                self._beacon_socket(source).sendto(body, (target, self.discovery_port))
+            except OSError:
+                pass
+
+    def _beacon_socket(self, source: str | None) -> socket.socket:
+        """The discovery socket, or one bound to `source` (limited broadcast out of that interface)."""
+        if source is None:
+            return self.udp
+        s = self.bound_udp.get(source)
+        if s is None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            s.setblocking(False)
+            try:
+                s.bind((source, 0))
+            except OSError:
+                s.close()
+                raise
+            self.bound_udp[source] = s
+        return s
 
     # -- status ------------------------------------------------------------------------------
     def status(self, node_totals: dict) -> dict:
@@ -589,10 +633,12 @@ class ClusterControl:
         ov.me["stats"] = {"events_in": node_totals.get("events_in", 0),
                           "events_out": node_totals.get("events_out", 0)}
         members = []
+        address, source = self.own_address()
         for info in [ov.my_entry()] + list(ov.members.values()):
             st = info.get("stats") or {}
             members.append({"id": info["id"], "name": info.get("name", ""),
-                            "address": f"{info.get('host')}:{info.get('port')}", "workers": info.get("workers"),
+                            "address": address if info["id"] == ov.id else f"{info.get('host') or '?'}:{info.get('port')}",
+                            "workers": info.get("workers"),
                             "uptime_s": round(time.time() - info.get("started", time.time()), 1),
                             "events_in": st.get("events_in", 0), "events_out": st.get("events_out", 0),
                             "self": info["id"] == ov.id})
@@ -610,8 +656,17 @@ class ClusterControl:
                 "interest": {"local": _entries(self.interest.local), "local_count": len(self.interest.local),
                              "links": {mid: _entries(t) for mid, t in self.interest.links.items()},
                              "link_counts": {mid: len(t) for mid, t in self.interest.links.items()}},
-                "discovery": bool(self.udp), "control_port": self.ctl_port, "bad_frames": self.bad_frames}
+                "discovery": bool(self.udp), "control_port": self.ctl_port, "bad_frames": self.bad_frames,
+                "address": address, "address_source": source}
 
+
+
+def _host_of(endpoint: str) -> str:
+    return endpoint.removeprefix("tcp://").rsplit(":", 1)[0]
+
+
+def _local_ipv4() -> set[str]:
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs if a.family == socket.AF_INET}
 
 
 def _entries(table: dict, limit: int = 100) -> list:

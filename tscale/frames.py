@@ -383,6 +383,10 @@ _MEMBER_FIELDS = {
     "started": (_NUMBER, lambda v: True),
     "v": ((int,), lambda v: True),
     "stats": ((dict,), lambda v: all(type(x) is int for x in v.values())),
+    "rev": ((int,), lambda v: v >= 0),                                  # content version (gossip deltas)
+    "depth": ((int,), lambda v: v >= 0),
+    "to": ((str,), lambda v: len(v) <= MAX_HOST_LEN),                   # address hints (own address)
+    "saw": ((str,), lambda v: len(v) <= MAX_HOST_LEN),
 }
 _MEMBER_REQUIRED = ("id", "cluster", "port", "ctl", "workers")
 
@@ -402,11 +406,24 @@ def member_error(info) -> str | None:
     return None
 
 
+def refresh_error(v) -> str | None:
+    """Why a gossip liveness refresh [id, hb, stats|nil] (Overlay.gossip_delta) is unusable, or None."""
+    if type(v) is not list or len(v) != 3:
+        return "a refresh is [id, hb, stats|nil]"
+    mid, hb, stats = v
+    if type(mid) is not str or not 0 < len(mid) <= MAX_PEER_ID or type(hb) is not int or hb < 0:
+        return "a refresh needs a node id and a heartbeat count"
+    if stats is not None and (type(stats) is not dict or not all(type(x) is int for x in stats.values())):
+        return "refresh stats are a map of integers"
+    return None
+
+
 def _members(v) -> list:
-    """The valid entries of a gossiped member list (bad ones dropped: the rest is still news)."""
+    """The valid entries of a gossiped member list (bad ones dropped: the rest is still news):
+    full member entries, and liveness refreshes of members the receiver knows."""
     if type(v) is not list or len(v) > MAX_MEMBERS:
         raise ProtocolError(E_MALFORMED, f"members must be a list of at most {MAX_MEMBERS} entries")
-    return [m for m in v if member_error(m) is None]
+    return [m for m in v if (refresh_error(m) if type(m) is list else member_error(m)) is None]
 
 
 def _sender(v) -> dict:

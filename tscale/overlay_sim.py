@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import random
 
+import msgpack
+
 from .overlay import DEAD_AFTER, Overlay
 
 ROUND = 0.5   # seconds per round: the heartbeat period
@@ -35,6 +37,7 @@ class SimNet:
         self.seeds = {nid: [ids[rnd.randrange(i)] for _ in range(seeds_per_node)] if i else []
                       for i, nid in enumerate(ids)}
         self.violations: list[str] = []
+        self.link_bytes: dict[frozenset, int] = {}   # gossip bytes per link (both ways) since the last reset
 
     # -- reachability ---------------------------------------------------------------
     def alive(self, nid: str) -> bool:
@@ -69,9 +72,16 @@ class SimNet:
                 else:
                     ov.heard_from(m, now)
         gossip_round = int(now / ROUND) % 2 == 0      # members are gossiped every other heartbeat
-        for nid in live:   # gossip over links; roots also ask their seeds and one random member
+        for nid in live:   # gossip deltas over links; roots also swap full lists with their seeds and one member
             ov = self.nodes[nid]
-            peers = list(ov.neighbours()) if gossip_round else []
+            if gossip_round:
+                for m in ov.neighbours():
+                    if self.reachable(nid, m):
+                        delta = ov.gossip_delta(m)
+                        self.link_bytes[frozenset((nid, m))] = (self.link_bytes.get(frozenset((nid, m)), 0)
+                                                                + len(msgpack.packb(delta)))
+                        self.nodes[m].learn(delta, now)
+            peers = []
             r = int(now / ROUND)
             if ((ov.is_root() or not ov.members) and r % 4 == 0) or r % 20 == 0:   # 2 s for roots, 10 s for all
                 peers += self.seeds[nid]
@@ -222,7 +232,17 @@ def scenario(n: int, seed: int = 1, kill_fraction: float = 0.1) -> dict:
         net.kill(v)
     healed = net.run_until_converged()
     report.update({"killed": len(victims), "rounds_to_heal": healed, "seconds_to_heal": healed * ROUND,
-                   "links_after": len(net.links()), "depth_after": net.depth()})
+                   "links_after": len(net.links()), "depth_after": net.depth(),
+                   "max_degree_after": net.max_degree()})
+    for _ in range(40):                 # 20 s: the dead are forgotten, new links have had their first full sync
+        net.step()
+    net.link_bytes = {}                 # steady state: gossip per link over the next 30 s
+    quiet = 60
+    for _ in range(quiet):
+        net.step()
+    per_link = [b / (quiet * ROUND) for link, b in net.link_bytes.items() if link in net.links()] or [0]
+    report["gossip_bytes_per_s_per_link_mean"] = round(sum(per_link) / len(per_link))
+    report["gossip_bytes_per_s_per_link_max"] = round(max(per_link))
     src = next(nid for nid in net.order if net.alive(nid))
     copies = net.deliveries(src)
     live = [nid for nid in net.nodes if net.alive(nid)]

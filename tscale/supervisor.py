@@ -245,7 +245,8 @@ class Supervisor:
             except zmq.Again:
                 return
             try:
-                kind, index, arg = msgpack.unpackb(body, raw=False)[:3]
+                msg = msgpack.unpackb(body, raw=False)
+                kind, index, arg = msg[:3]
             except Exception:
                 continue
             if not 0 <= index < len(self.workers):
@@ -253,14 +254,15 @@ class Supervisor:
             if kind == bus.STATS:
                 self.workers[index].stats = arg
                 self.workers[index].reported = True
-            elif kind == bus.LOCAL_INTEREST:
-                self.cluster.local_interest(index, arg)
+            elif kind == bus.LOCAL_INTEREST and len(msg) == 5:
+                self.cluster.local_interest(index, arg, msg[3], msg[4])
             elif kind == bus.CONFIRM_REQ:
                 self.cluster.confirm(index, arg, now)
             elif kind == bus.SYNC_ACK:
                 self.cluster.worker_synced(arg, index)
             elif kind == bus.WORKER_HELLO:
                 self.workers[index].reported = True
+                self.cluster.worker_hello(index, arg)
                 self.cluster.worker_snapshot(index, arg)
                 self.bus_to(index, [bus.NODE_STATUS, bus.SUPERVISOR, self.status()])
 

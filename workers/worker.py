@@ -25,6 +25,7 @@ from tscale import bus, protocol
 from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRACE_MS
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
+from tscale.handover import InterestReport
 from tscale.outbound import EXPIRED, UNDER, Outbound
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
@@ -97,10 +98,10 @@ class Worker:
         self.fwd_peer: dict[tuple, list] = {}     # (owner worker, source node) -> FWD_PEER buffer
         self.peer_links: dict[str, "PeerLink"] = {}
         self.gate = PeerGate()                    # which connections may send peer frames
-        self.local_changes: list = []             # subscription deltas for the supervisor (cluster interest)
         # aggregated interest of our proxied subscriptions: (pattern, group) -> count
         self.local_interest: dict[tuple, int] = {}
         self.epoch = int.from_bytes(os.urandom(4), "big")
+        self.report = InterestReport(self.epoch)  # our cluster-visible interest, handed to the supervisor
         self.synced: set[int] = set()       # workers that sent us their snapshot
         self.pending_acks: dict[int, list] = {}   # ackkey -> [conn, req, waiting set, deadline]
         self.next_ack = 1
@@ -584,8 +585,8 @@ class Worker:
         if cluster:
             # Confirm only once every reachable node has the interest: the supervisor
             # runs a barrier along the overlay after our interest change.
-            self._send_local_changes()
-            self._bus_send(bus.SUP, pack([bus.CONFIRM_REQ, self.index, ackkey]))
+            self.report.confirm(ackkey)
+            self._send_reports()
             waiting.add(bus.SUPERVISOR)
         if waiting:
             self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT + (3.0 if cluster else 0.0)]
@@ -622,7 +623,7 @@ class Worker:
         if not s.conn.direct or is_literal(s.pattern) or self.index == 0:
             # A direct client registers a wildcard on every worker; count it once
             # (worker 0 reports it) so queue-group weights between nodes are true.
-            self.local_changes.append([s.pattern, s.group, delta])
+            self.report.change(s.pattern, s.group, delta)
         if s.conn.direct:
             return set()
         key = (s.pattern, s.group)
@@ -639,10 +640,13 @@ class Worker:
             self._bus_send(bus.topic(t), body)
         return set(targets) & self.synced if ackkey is not None else set()
 
-    def _send_local_changes(self):
-        if self.local_changes:
-            self._bus_send(bus.SUP, pack([bus.LOCAL_INTEREST, self.index, self.local_changes]))
-            self.local_changes = []
+    def _send_reports(self):
+        """Interest changes and confirm requests for the supervisor, in order (tscale/handover.py)."""
+        for m in self.report.take():
+            if m[0] == "interest":
+                self._bus_send(bus.SUP, pack([bus.LOCAL_INTEREST, self.index, m[1], m[2], m[3]]))
+            else:
+                self._bus_send(bus.SUP, pack([bus.CONFIRM_REQ, self.index, m[1]]))
 
     def _snapshot_for(self, j: int) -> list:
         return [[p, g, c] for (p, g), c in self.local_interest.items()
@@ -722,6 +726,7 @@ class Worker:
                         self.table.replace_link(peer, entries)
                         self.queues.seen_remote(entries)
                     self.synced.add(bus.SUPERVISOR)
+                    self.report.supervisor_heard()   # it hears us now: hand over our whole interest
                     self._start_queues()
 
     def _start_queues(self):
@@ -798,8 +803,9 @@ class Worker:
         for link in self.peer_links.values():
             if len(link.out) > 2:
                 self._send_peer(link)
-        if self.local_changes:
-            self._send_local_changes()
+        report = self.report
+        if report.deltas or report.outbox:
+            self._send_reports()
         if self.dead:
             self._remove_dead()
 
