@@ -27,20 +27,47 @@ def _fail(code: int, message: str):
     raise typer.Exit(code)
 
 
-def _client(server: Optional[str], name: str):
+# -- security options of the client commands (docs/SECURITY.md) ------------------------------
+ServerKeyOpt = typer.Option(None, "--server-key", help="the node's CURVE public key (`tscale keys`): turns on "
+                            "CURVE [env TSCALE_SERVER_KEY]")
+
+
+def _credentials(server_key: Optional[str]) -> dict:
+    """Client credentials from --server-key and the environment (secrets never as flags: argv is public):
+    TSCALE_TOKEN, TSCALE_USER + TSCALE_PASSWORD, TSCALE_CLIENT_KEY_FILE (from `tscale keys --new-client`)."""
+    import os
+
+    from .keys import KeyFileError, read_pair
+    env = os.environ
+    creds = {"server_key": server_key or env.get("TSCALE_SERVER_KEY") or None,
+             "token": env.get("TSCALE_TOKEN") or None,
+             "user": env.get("TSCALE_USER") or None, "password": env.get("TSCALE_PASSWORD") or None}
+    key_file = env.get("TSCALE_CLIENT_KEY_FILE")
+    if key_file:
+        try:
+            creds["client_key"] = read_pair(key_file)[1]
+        except KeyFileError as exc:
+            _fail(EXIT_USAGE, str(exc))
+    return creds
+# -- end of security options ------------------------------------------------------------------
+
+
+def _client(server: Optional[str], name: str, server_key: Optional[str] = None):
     from .client import Client
-    from .errors import ConnectError
+    from .errors import ConnectError, TscaleError
     try:
-        return Client(server, name=name, connect_timeout=5.0)
+        return Client(server, name=name, connect_timeout=5.0, **_credentials(server_key))
     except ConnectError as exc:
         _fail(EXIT_UNREACHABLE, str(exc))
+    except TscaleError as exc:
+        _fail(EXIT_USAGE, str(exc))
 
 
 @contextmanager
-def _session(server: Optional[str], name: str):
+def _session(server: Optional[str], name: str, server_key: Optional[str] = None):
     """A connected client; any tscale error becomes exit code 1 with its one-line reason."""
     from .errors import TscaleError
-    c = _client(server, name)
+    c = _client(server, name, server_key)
     try:
         yield c
     except TscaleError as exc:
@@ -85,6 +112,12 @@ def up(
     no_discovery: Optional[bool] = typer.Option(None, "--no-discovery", help="do not send or listen to UDP beacons"),
     discovery_port: Optional[int] = typer.Option(None, help="UDP port of the beacons [default 7401]"),
     advertise: Optional[str] = typer.Option(None, help="HOST:PORT other nodes should use to reach this one"),
+    curve: Optional[bool] = typer.Option(None, "--curve", help="CURVE encryption on every TCP port (docs/SECURITY.md)"),
+    cluster_key: Optional[str] = typer.Option(None, help="cluster secret: authenticated, encrypted cluster (implies "
+                                              "--curve); prefer TSCALE_CLUSTER_KEY or --cluster-key-file"),
+    cluster_key_file: Optional[str] = typer.Option(None, help="file holding the cluster secret (mode 0600)"),
+    users_file: Optional[str] = typer.Option(None, help="TOML users file: credentials and permissions; reloaded "
+                                             "on SIGHUP"),
 ):
     """Run a node: a supervisor and one worker per core. Stops cleanly on SIGTERM/SIGINT."""
     from .config import ConfigError, load
@@ -92,7 +125,8 @@ def up(
     flags = dict(listen=listen, workers=workers, name=name, data_dir=data_dir, config=config,
                  log_level=log_level, log_format=log_format, max_payload=max_payload, token=token,
                  join=join, cluster=cluster, no_discovery=no_discovery, discovery_port=discovery_port,
-                 advertise=advertise)
+                 advertise=advertise, curve=curve, cluster_key=cluster_key, cluster_key_file=cluster_key_file,
+                 users_file=users_file)
     try:
         cfg = load(flags)
     except ConfigError as exc:
@@ -111,13 +145,14 @@ def pub(
     msg_id: Optional[str] = typer.Option(None, "--msg-id", help="with --confirm: idempotency key within the "
                                                                 "queue's dedupe window"),
     server: Optional[str] = ServerOpt,
+    server_key: Optional[str] = ServerKeyOpt,
 ):
     """Publish an event."""
     payload = sys.stdin.buffer.read() if data is None else data.encode()
     headers = _headers(header)
     if msg_id is not None and not confirm:
         _fail(EXIT_USAGE, "--msg-id needs --confirm")
-    with _session(server, "tscale-pub") as c:
+    with _session(server, "tscale-pub", server_key) as c:
         if confirm:
             from .cli_queue import publish_confirmed
             publish_confirmed(c, name, payload, headers, count, msg_id)
@@ -151,12 +186,13 @@ def sub(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
     timeout: float = typer.Option(0, help="exit 1 if no event arrives for this many seconds (0 = wait forever)"),
     server: Optional[str] = ServerOpt,
+    server_key: Optional[str] = ServerKeyOpt,
 ):
     """Print events as they arrive."""
     from .errors import Timeout
     _sigterm_as_interrupt()
     got = 0
-    with _session(server, "tscale-sub") as c:
+    with _session(server, "tscale-sub", server_key) as c:
         s = c.subscribe(pattern, queue=queue)
         print(f"subscribed to {pattern}" + (f" in queue group {queue}" if queue else ""), file=sys.stderr, flush=True)
         try:
@@ -179,10 +215,11 @@ def req(
     timeout: float = typer.Option(2.0, help="seconds to wait for the reply"),
     as_json: bool = typer.Option(False, "--json"),
     server: Optional[str] = ServerOpt,
+    server_key: Optional[str] = ServerKeyOpt,
 ):
     """Send a request and print the reply."""
     from .errors import NoResponders, Timeout
-    with _session(server, "tscale-req") as c:
+    with _session(server, "tscale-req", server_key) as c:
         try:
             msg = c.request(name, data.encode(), timeout=timeout, headers=_headers(header))
         except NoResponders:
@@ -200,10 +237,11 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="machine-readable (schema in docs/STATUS.md)"),
     cluster: bool = typer.Option(False, "--cluster", help="show every node of the cluster and this node's links"),
     server: Optional[str] = ServerOpt,
+    server_key: Optional[str] = ServerKeyOpt,
 ):
     """Show the node's state: workers, clients, traffic, drops (--cluster: the whole cluster)."""
     from .status_view import render_cluster, render_status
-    with _session(server, "tscale-status") as c:
+    with _session(server, "tscale-status", server_key) as c:
         st = c.status()
     if as_json:
         if cluster:
@@ -285,6 +323,53 @@ def bench(
     Console().print(t)
     for note in res.get("notes", []):
         typer.echo(f"note: {note}", err=True)
+
+
+# -- tscale keys (docs/SECURITY.md) ----------------------------------------------------------
+@app.command()
+def keys(
+    new_client: Optional[str] = typer.Option(None, "--new-client", metavar="FILE",
+                                             help="create a client key pair in FILE (mode 0600); print its public key"),
+    hash_password: bool = typer.Option(False, "--hash-password",
+                                       help="read a password from stdin, print its scrypt hash for the users file"),
+    new_secret: bool = typer.Option(False, "--new-secret", help="print a fresh random cluster key"),
+    data_dir: Optional[str] = typer.Option(None, help="the node's data directory [default as for tscale up]"),
+    config: Optional[str] = typer.Option(None, help="the node's TOML config file"),
+    cluster_key_file: Optional[str] = typer.Option(None, help="the cluster key file of the node"),
+):
+    """Print the CURVE public key clients give as --server-key (creates the node key pair if needed), or make keys."""
+    import secrets
+
+    from . import keys as k
+    from .config import ConfigError, load
+    if new_secret:
+        print(secrets.token_urlsafe(32))
+        return
+    if hash_password:
+        from .auth import hash_password as hp
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            _fail(EXIT_USAGE, "no password on stdin")
+        print(hp(pw))
+        return
+    if new_client:
+        public, secret = k.new_client_pair()
+        try:
+            k.write_pair(new_client, public, secret, "tscale client key")
+        except OSError as exc:
+            _fail(EXIT_FAILED, f"cannot create {new_client}: {exc}")
+        print(public)
+        return
+    try:
+        cfg = load(dict(data_dir=data_dir, config=config, cluster_key_file=cluster_key_file))
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    secret = cfg.cluster_key or cfg.token
+    try:
+        print(k.cluster_server_pair(secret)[0] if secret else k.node_pair(cfg.data_dir)[0])
+    except k.KeyFileError as exc:
+        _fail(EXIT_FAILED, str(exc))
+# -- end of tscale keys -----------------------------------------------------------------------
 
 
 @app.command()

@@ -13,7 +13,8 @@ class Connection:
     """
 
     __slots__ = ("ident", "name", "lang", "peer", "direct", "out", "subs", "blocked",
-                 "events_out", "drops", "last_seen", "rejected", "errors", "sink")
+                 "events_out", "drops", "last_seen", "rejected", "errors", "sink",
+                 "user", "perms", "pub_ok")
 
     def __init__(self, ident: bytes, now: float):
         self.ident = ident
@@ -27,9 +28,12 @@ class Connection:
         self.events_out = 0
         self.drops = 0
         self.last_seen = now
-        self.rejected = False    # failed authentication: serve nothing until a good HELLO
+        self.rejected = False    # its user left the users file (reload): serve nothing
         self.errors = 0
         self.sink = None         # a durable queue (workers/queues.py) stores instead of sending
+        self.user = ""           # ZAP user id the handshake gave ("" = anonymous)
+        self.perms = None        # auth.Perms of the user, None = may do everything
+        self.pub_ok = None       # name -> allowed, cache of publish checks (users with publish limits)
 
     def label(self) -> str:
         return self.name or self.ident.hex()

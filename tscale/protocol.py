@@ -49,6 +49,7 @@ E_BAD_VERSION = "bad_version"
 E_NOT_AUTHORIZED = "not_authorized"
 E_BAD_SID = "bad_sid"
 E_TOO_MANY_SUBS = "too_many_subscriptions"
+E_PERMISSION_DENIED = "permission_denied"    # not fatal: the connection goes on
 FATAL_ERRORS = frozenset({E_BAD_VERSION, E_NOT_AUTHORIZED})
 
 # Reply sent to a request's reply-to name when nothing could take the request.
