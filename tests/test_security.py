@@ -450,8 +450,11 @@ def test_token_cluster_control_port_attack_fails(make_node):
                 d.curve_publickey, d.curve_secretkey = pub.encode(), sec.encode()
             mon = d.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             d.connect(f"tcp://127.0.0.1:{n.port + 2}")
-            d.send(protocol.pack([101, me, []]))          # PROBE
-            d.send(protocol.pack([103, me, [], True]))    # ATTACH
+            for frame in ([101, me, []], [103, me, [], True]):   # PROBE, ATTACH
+                try:
+                    d.send(protocol.pack(frame), zmq.NOBLOCK)    # queued until a handshake succeeds
+                except zmq.Again:
+                    pass
             assert mon.poll(DEADLINE * 1000), "the handshake neither failed nor succeeded"
             ev = zmq.utils.monitor.recv_monitor_message(mon)
             assert ev["event"] == (zmq.EVENT_HANDSHAKE_FAILED_AUTH if curve else zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
