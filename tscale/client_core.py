@@ -14,7 +14,7 @@ from zlib import crc32
 
 import zmq
 
-from . import protocol
+from . import keys, protocol
 from .errors import ServerError, TscaleError
 from .frames import decode_node
 from .subjects import is_literal, name_error, pattern_error
@@ -132,7 +132,6 @@ class Credentials:
 
     def __init__(self, token: str | None = None, server_key: str | None = None, client_key: str | None = None,
                  user: str | None = None, password: str | None = None):
-        from . import keys
         self.curve = bool(server_key)
         self.opts: list[tuple[int, bytes]] = []
         if server_key:

@@ -132,14 +132,11 @@ class Security:
     # -- status ------------------------------------------------------------------------
     def describe(self) -> dict:
         """The mode of each port, for `tscale status` (no secret, no key but public ones)."""
-        if self.mechanism == "curve":
-            who = "token or users" if self.token and self.users_doc is not None else (
-                "token" if self.token else "users" if self.users_doc is not None else "anyone (encryption only)")
-        elif self.mechanism == "plain":
-            who = "token or users" if self.token and self.users_doc is not None else (
-                "token" if self.token else "users")
+        asked = [w for w, on in (("token", self.token), ("users", self.users_doc is not None)) if on]
+        if asked:
+            who = " or ".join(asked)
         else:
-            who = "anyone"
+            who = "anyone (encryption only)" if self.mechanism == "curve" else "anyone"
         return {"clients": self.mechanism, "clients_auth": who,
                 "peers": self.mechanism,
                 "peers_auth": "cluster secret" if self.cluster_secret else "none (open cluster)",
