@@ -52,7 +52,8 @@ class CNode(Node):
     """A cluster node on `host` (127.0.0.K); worker i on port+i, control port port+workers."""
 
     def __init__(self, tmp_dir: Path, host: str, workers: int = 2, join: list[str] | None = None,
-                 name: str = "", port: int | None = None, extra: list[str] | None = None, env: dict | None = None):
+                 name: str = "", port: int | None = None, extra: list[str] | None = None, env: dict | None = None,
+                 creds: dict | None = None):
         self.host = host
         self.join = list(join or [])
         self.name = name or f"n{host.rsplit('.', 1)[-1]}"
@@ -60,7 +61,7 @@ class CNode(Node):
         if self.join:
             flags += ["--join", ",".join(self.join)]
         super().__init__(tmp_dir, workers=workers, extra=flags + list(extra or []), env=env,
-                         port=port if port is not None else free_block_on(host, workers + 1))
+                         port=port if port is not None else free_block_on(host, workers + 1), creds=creds)
         self.log_path = self.tmp_dir / f"{self.name}-{host}-{self.port}.log"
         self.node_id: str | None = None
         self.fixed_port = port is not None
@@ -98,7 +99,7 @@ class CNode(Node):
         return self
 
     def raw(self, port: int | None = None, **kw) -> RawClient:
-        return RawClient(port if port is not None else self.port, host=self.host, **kw)
+        return RawClient(port if port is not None else self.port, host=self.host, **{**self.creds, **kw})
 
     def status(self, timeout: float = 10.0) -> dict:
         r = self.raw(hello=False, name="test-status")
@@ -237,11 +238,12 @@ class ClusterRun:
         self.clients: list[tscale.Client] = []
 
     def add(self, host: str, workers: int = 2, join: list[CNode] | list[str] = (), name: str = "",
-            port: int | None = None, start: bool = True, env: dict | None = None) -> CNode:
+            port: int | None = None, start: bool = True, env: dict | None = None, extra: list[str] | None = None,
+            creds: dict | None = None) -> CNode:
         seeds = [j.addr if isinstance(j, CNode) else j for j in join]
         d = self.tmp_dir / (name or host)
         d.mkdir(parents=True, exist_ok=True)
-        n = CNode(d, host, workers=workers, join=seeds, name=name, port=port, env=env)
+        n = CNode(d, host, workers=workers, join=seeds, name=name, port=port, env=env, extra=extra, creds=creds)
         self.nodes.append(n)
         if start:
             n.start()
@@ -263,6 +265,8 @@ class ClusterRun:
 
     def client(self, node: CNode, **kw) -> tscale.Client:
         kw.setdefault("name", "test-cluster")
+        for k, v in node.creds.items():
+            kw.setdefault(k, v)
         c = tscale.Client(node.addr, **kw)
         self.clients.append(c)
         return c

@@ -36,6 +36,7 @@ import zmq
 
 import tscale
 from tscale import protocol
+from tscale.client_core import Credentials
 from tscale.sharding import shard_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,10 +194,16 @@ class RawClient:
     """A hand-written protocol v1 client on one DEALER socket connected to one worker port."""
 
     def __init__(self, port: int, *, hello: bool = True, name: str = "raw", token: str | None = None,
-                 rcvhwm: int | None = None, rcvbuf: int | None = None, host: str = "127.0.0.1"):
+                 rcvhwm: int | None = None, rcvbuf: int | None = None, host: str = "127.0.0.1",
+                 server_key: str | None = None, client_key: str | None = None, user: str | None = None,
+                 password: str | None = None, identity: bytes | None = None):
         self.port = port
         s = self.sock = zctx().socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if identity is not None:
+            s.setsockopt(zmq.IDENTITY, identity)
+        # Credentials go on the socket (ZeroMQ PLAIN or CURVE), as any binding does it (PROTOCOL.md).
+        Credentials(token, server_key, client_key, user, password).apply(s)
         if rcvhwm is not None:
             s.setsockopt(zmq.RCVHWM, rcvhwm)
         if rcvbuf is not None:
@@ -209,7 +216,7 @@ class RawClient:
         self.welcome = None
         self.closed = False
         if hello:
-            w = self.hello(name=name, token=token)
+            w = self.hello(name=name)
             if w[0] != protocol.WELCOME:
                 self.close()
                 raise RawError(w)
@@ -278,11 +285,9 @@ class RawClient:
                              f"ERR {code}")
 
     # -- commands
-    def hello(self, name: str = "raw", token: str | None = None, version: int = protocol.VERSION,
-              timeout: float = DEADLINE) -> list:
-        opts = {"name": name, "lang": "test-raw"}
-        if token is not None:
-            opts["token"] = token
+    def hello(self, name: str = "raw", version: int = protocol.VERSION, timeout: float = DEADLINE,
+              **extra) -> list:
+        opts = {"name": name, "lang": "test-raw", **extra}
         self.send([protocol.HELLO, version, opts])
         return self.wait_for(lambda c: c[0] in (protocol.WELCOME, protocol.ERR), timeout, "WELCOME or ERR")
 
@@ -362,12 +367,17 @@ class Node:
     """One `tscale up` process tree; worker i listens on port + i."""
 
     def __init__(self, tmp_dir: Path, workers: int = 2, extra: list[str] | None = None, env: dict | None = None,
-                 token: str | None = None, use_flags: bool = True, port: int | None = None):
+                 token: str | None = None, use_flags: bool = True, port: int | None = None,
+                 creds: dict | None = None):
         self.tmp_dir = Path(tmp_dir)
         self.workers = workers
         self.extra = list(extra or [])
         self.env = dict(env or {})
         self.token = token
+        # What the test's own clients present (server_key, client_key, user, password, token).
+        self.creds = dict(creds or {})
+        if token is not None:
+            self.creds.setdefault("token", token)
         self.use_flags = use_flags
         # worker i listens on port + i; the cluster control port is port + workers
         self.port = port if port is not None else free_port_block(workers + 1)
@@ -437,7 +447,7 @@ class Node:
     # -- status
     def status(self, timeout: float = 10.0) -> dict:
         """The node's status document, fetched by a raw client from worker 0."""
-        r = RawClient(self.port, hello=self.token is not None, token=self.token, name="test-status")
+        r = RawClient(self.port, hello=bool(self.creds), name="test-status", **self.creds)
         try:
             return r.status(timeout)
         finally:
@@ -481,7 +491,7 @@ class Node:
             raise NodeStartError(f"{exc}; log:\n{self.log_text()[-3000:]}") from None
         # Every worker answers on its own port.
         for p in self.ports:
-            r = RawClient(p, hello=self.token is not None, token=self.token, name="test-ready")
+            r = RawClient(p, hello=bool(self.creds), name="test-ready", **self.creds)
             try:
                 r.ping(max(1.0, deadline - time.monotonic()))
             finally:
@@ -491,7 +501,8 @@ class Node:
 
     def raw(self, port: int | None = None, **kw) -> "RawClient":
         """A simple (hand-written protocol) client on one of this node's ports."""
-        kw.setdefault("token", self.token)
+        for k, v in self.creds.items():
+            kw.setdefault(k, v)
         return RawClient(port if port is not None else self.port, **kw)
 
     def _probe_bus(self, timeout: float) -> None:
@@ -625,8 +636,9 @@ def clients():
 
     def make(target, **kw) -> tscale.Client:
         addr = target.addr if isinstance(target, Node) else target
-        if isinstance(target, Node) and target.token is not None:
-            kw.setdefault("token", target.token)
+        if isinstance(target, Node):
+            for k, v in target.creds.items():
+                kw.setdefault(k, v)
         kw.setdefault("name", "test-py")
         c = tscale.Client(addr, **kw)
         made.append(c)

@@ -20,8 +20,8 @@ def run(coro, timeout: float = 90.0):
 
 async def connect(node, **kw):
     kw.setdefault("name", "aio-test")
-    if node.token is not None:
-        kw.setdefault("token", node.token)
+    for k, v in node.creds.items():
+        kw.setdefault(k, v)
     return await aio.Client.connect(node.addr, **kw)
 
 

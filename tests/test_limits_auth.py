@@ -96,25 +96,26 @@ def test_wrong_or_missing_token_is_refused(token_node, token):
         c.close()
 
 
-def test_raw_publish_without_hello_not_authorized(token_node, clients, raws):
+def test_raw_client_without_token_never_reaches_a_worker(token_node, clients, raws):
+    """The token is checked at the ZeroMQ handshake (PLAIN + ZAP): a connection without it
+    never gets a frame through, so nothing it sends can be delivered, before or after a HELLO."""
     P = uniq("tokraw")
-    sub = clients(token_node, token="secret").subscribe(P + ".>")
-    r = raws(token_node.port, hello=False)
-    r.pub(name_for(0, 2, P), b"sneaky")
-    e = r.wait_error(protocol.E_NOT_AUTHORIZED)
-    assert e[4] is True
-    r.errors.clear()
-    r.send([protocol.SUB, 1, ">", None, 7])
-    assert r.wait_error(protocol.E_NOT_AUTHORIZED)
-    # a wrong token in HELLO is refused too
-    w = r.hello(token="nope")
-    assert w[0] == protocol.ERR and w[1] == protocol.E_NOT_AUTHORIZED
-    # ... and the right token opens the connection
-    assert r.hello(token="secret")[0] == protocol.WELCOME
-    good = name_for(1, 2, P)
-    r.pub(good, b"now allowed")
+    sub = clients(token_node).subscribe(P + ".>")
+    bad = raws(token_node.port, hello=False)             # NULL mechanism: refused at the handshake
+    wrong = raws(token_node.port, hello=False, token="nope")
+    for r in (bad, wrong):
+        r.pub(name_for(0, 2, P), b"sneaky")
+        r.send([protocol.HELLO, 1, {"name": "x", "token": "secret"}])   # the token in HELLO opens nothing
+    good = raws(token_node.port, hello=False, token="secret")
+    good.pub(name_for(1, 2, P), b"allowed")               # no HELLO needed: the handshake authenticated it
     m = sub.next_msg(timeout=DEADLINE)
-    assert (m.name, m.data) == (good, b"now allowed"), "the unauthorized event must not have been delivered"
+    assert (m.name, m.data) == (name_for(1, 2, P), b"allowed")
+    good.ping(DEADLINE)
+    for r in (bad, wrong):
+        r.pump(0.2)
+        assert r.frames == [], "a connection without the token must receive nothing"
+    with pytest.raises(tscale.Timeout):
+        sub.next_msg(timeout=0.3)
 
 
 def test_subscribe_without_wait_reports_node_errors(small_node, clients):

@@ -18,7 +18,8 @@ from zmq.utils.monitor import parse_monitor_message
 
 from . import protocol
 from .client import DEFAULT_PENDING_LIMIT, MAX_QUEUED_FRAMES, default_server
-from .client_core import ClientCore, CoreView, Msg, SubState, parse_address
+from .client_core import (MONITOR_EVENTS, ClientCore, CoreView, Credentials, Msg, SubState, handshake_error,
+                          parse_address)
 from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
 from .queues import api as qapi
 from .queues import client_core as qc
@@ -93,9 +94,10 @@ class Subscription:
 class Client(CoreView):
     """Create with `await Client.connect(server)`."""
 
-    def __init__(self, server: str | None, name: str, token: str | None, error_cb):
+    def __init__(self, server: str | None, name: str, error_cb, creds: Credentials):
         self.server = server or default_server()
-        self._core = ClientCore(name=name, token=token)
+        self._core = ClientCore(name=name, creds=creds)
+        self._monitor_of: dict = {}
         self._error_cb = error_cb
         self._ctx = zmq.asyncio.Context()
         self._host, self._port = parse_address(self.server)
@@ -111,8 +113,11 @@ class Client(CoreView):
 
     @classmethod
     async def connect(cls, server: str | None = None, name: str = "", token: str | None = None,
-                      connect_timeout: float = 5.0, error_cb=None) -> "Client":
-        c = cls(server, name, token, error_cb)
+                      connect_timeout: float = 5.0, error_cb=None, *, server_key: str | None = None,
+                      client_key: str | None = None, user: str | None = None,
+                      password: str | None = None) -> "Client":
+        """Connect; `server_key`, `client_key`, `user`, `password`, `token` as for tscale.Client."""
+        c = cls(server, name, error_cb, Credentials(token, server_key, client_key, user, password))
         try:
             await c._handshake(connect_timeout)
         except BaseException:
@@ -127,6 +132,8 @@ class Client(CoreView):
                          (zmq.RECONNECT_IVL, 50), (zmq.RECONNECT_IVL_MAX, 2000),
                          (zmq.HEARTBEAT_IVL, 2000), (zmq.HEARTBEAT_TIMEOUT, 6000)):
             s.setsockopt(opt, val)
+        self._core.creds.apply(s)
+        self._monitor_of[s] = s.get_monitor_socket(MONITOR_EVENTS)   # before connect: sees the handshake
         s.connect(f"tcp://{self._host}:{port}")
         return s
 
@@ -134,14 +141,23 @@ class Client(CoreView):
         await s.send(self._core.hello())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        mon = self._monitor_of[s]
+        poller = zmq.asyncio.Poller()
+        poller.register(s, zmq.POLLIN)
+        poller.register(mon, zmq.POLLIN)
         while True:
             left = deadline - loop.time()
-            if left <= 0:
+            ready = dict(await poller.poll(left * 1000)) if left > 0 else {}
+            if not ready:
                 raise ConnectError(f"no answer from tscale node at {self.server} within {timeout:g}s")
-            try:
-                frame = await asyncio.wait_for(s.recv(), left)
-            except asyncio.TimeoutError:
+            if mon in ready:
+                ev = parse_monitor_message(await mon.recv_multipart())
+                why = handshake_error(ev["event"], ev["value"], self.server, self._core.creds.curve)
+                if why is not None:
+                    raise ConnectError(why)
+            if s not in ready:
                 continue
+            frame = await s.recv()
             cmd = self._core.decode(frame, -1)
             if cmd is None:
                 continue
@@ -172,7 +188,7 @@ class Client(CoreView):
         self._tasks = [loop.create_task(self._sender())]
         for k, s in enumerate(socks):
             self._tasks.append(loop.create_task(self._reader(k, s)))
-            mon = s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            mon = self._monitor_of[s]
             self._monitors.append(mon)
             self._tasks.append(loop.create_task(self._monitor(k, mon)))
 
@@ -231,7 +247,10 @@ class Client(CoreView):
     async def _monitor(self, k: int, mon):
         while True:
             ev = parse_monitor_message(await mon.recv_multipart())
-            if ev["event"] == zmq.EVENT_DISCONNECTED:
+            why = handshake_error(ev["event"], ev["value"], self.server, self._core.creds.curve)
+            if why is not None:
+                log.warning("reconnecting to worker %d: %s", k, why)
+            elif ev["event"] == zmq.EVENT_DISCONNECTED:
                 log.info("lost connection to worker %d of %s; reconnecting", k, self.server)
             elif ev["event"] == zmq.EVENT_CONNECTED:
                 log.info("reconnected to worker %d of %s; resubscribing", k, self.server)

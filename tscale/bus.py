@@ -31,6 +31,7 @@ LOCAL_INTEREST = 14    # [LOCAL_INTEREST, from, epoch, replace, [[pattern, group
 CONFIRM_REQ = 15       # [CONFIRM_REQ, from, key]    tell me when every reachable node has our interest
 CONFIRMED = 16         # [CONFIRMED, -1, key]
 CLUSTER_SNAPSHOT = 17  # [CLUSTER_SNAPSHOT, -1, epoch, peers, {peer_id: entries}]   for a (re)started worker
+USERS = 20             # [USERS, -1, users_doc]     the users file was reloaded (SIGHUP)
 FWD_PEER = 18          # [FWD_PEER, from, src_node, name, payload, meta, groups, ...]  peer events for the owner
 # durable queues (workers/queues.py)
 QUEUE_DEFS = 19        # [QUEUE_DEFS, from, [[name, subjects, retention], ...]]  (all. or w{i}.) this worker's queues

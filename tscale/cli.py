@@ -74,7 +74,33 @@ def _address(server: Optional[str]) -> tuple[str, str, int]:
     return addr, host, port
 
 
-def connect(server: Optional[str], name: str, timeout: float = CONNECT_TIMEOUT):
+# -- security options of the client commands (docs/SECURITY.md) ------------------------------
+def server_key_option():
+    return typer.Option(None, "--server-key", envvar="TSCALE_SERVER_KEY", show_envvar=True, show_default="none",
+                        metavar="KEY", help="the node's CURVE public key (`tscale keys`): turns on CURVE")
+
+
+def _credentials(server_key: Optional[str]) -> dict:
+    """Client credentials from --server-key and the environment (secrets never as flags: argv is public):
+    TSCALE_TOKEN, TSCALE_USER + TSCALE_PASSWORD, TSCALE_CLIENT_KEY_FILE (from `tscale keys --new-client`)."""
+    import os
+
+    from .keys import KeyFileError, read_pair
+    env = os.environ
+    creds = {"server_key": server_key or env.get("TSCALE_SERVER_KEY") or None,
+             "token": env.get("TSCALE_TOKEN") or None,
+             "user": env.get("TSCALE_USER") or None, "password": env.get("TSCALE_PASSWORD") or None}
+    key_file = env.get("TSCALE_CLIENT_KEY_FILE")
+    if key_file:
+        try:
+            creds["client_key"] = read_pair(key_file)[1]
+        except KeyFileError as exc:
+            fail(EXIT_USAGE, str(exc))
+    return creds
+# -- end of security options ------------------------------------------------------------------
+
+
+def connect(server: Optional[str], name: str, timeout: float = CONNECT_TIMEOUT, server_key: Optional[str] = None):
     """A connected `tscale.Client`, or exit 3 with the reason: an unknown host or a refused
     connection is reported at once, a node that does not answer after `timeout` seconds."""
     from .address import check_reachable
@@ -83,16 +109,16 @@ def connect(server: Optional[str], name: str, timeout: float = CONNECT_TIMEOUT):
     addr, host, port = _address(server)
     try:
         spent = check_reachable(host, port, timeout=min(1.0, timeout))
-        return Client(addr, name=name, connect_timeout=max(0.5, timeout - spent))
+        return Client(addr, name=name, connect_timeout=max(0.5, timeout - spent), **_credentials(server_key))
     except ConnectError as exc:
         fail(EXIT_UNREACHABLE, str(exc))
 
 
 @contextmanager
-def session(server: Optional[str], name: str):
+def session(server: Optional[str], name: str, server_key: Optional[str] = None):
     """A connected client; any tscale error becomes exit code 1 with its one-line reason."""
     from .errors import TscaleError
-    c = connect(server, name)
+    c = connect(server, name, server_key=server_key)
     try:
         yield c
     except TscaleError as exc:
@@ -166,6 +192,15 @@ def up(
                                             env="TSCALE_ADVERTISE"),
     monitor: Optional[str] = _node_option("off", "serve /metrics (Prometheus), /healthz and /status over HTTP here; "
                                           ":PORT means 127.0.0.1", "HOST:PORT", env="TSCALE_MONITOR"),
+    curve: Optional[bool] = _node_option("off", "CURVE encryption on every TCP port (docs/SECURITY.md)", None,
+                                         flag="--curve", env="TSCALE_CURVE"),
+    cluster_key: Optional[str] = _node_option("none", "cluster secret: authenticated, encrypted cluster (implies "
+                                              "--curve); prefer the variable or --cluster-key-file", "SECRET",
+                                              env="TSCALE_CLUSTER_KEY"),
+    cluster_key_file: Optional[str] = _node_option("none", "file holding the cluster secret (mode 0600)", "FILE",
+                                                   env="TSCALE_CLUSTER_KEY_FILE"),
+    users_file: Optional[str] = _node_option("none", "TOML users file: credentials and permissions; reloaded on "
+                                             "SIGHUP", "FILE", env="TSCALE_USERS_FILE"),
 ):
     """Run a node: a supervisor and one worker per core; logs one "ready" line, stops on SIGTERM/SIGINT."""
     from .config import ConfigError, load
@@ -174,7 +209,8 @@ def up(
     flags = dict(listen=listen, workers=workers, name=name, data_dir=data_dir, config=config,
                  log_level=log_level, log_format=log_format, max_payload=max_payload, token=token,
                  join=join, cluster=cluster, no_discovery=no_discovery, discovery_port=discovery_port,
-                 advertise=advertise, monitor=monitor)
+                 advertise=advertise, monitor=monitor, curve=curve, cluster_key=cluster_key,
+                 cluster_key_file=cluster_key_file, users_file=users_file)
     try:
         cfg = load(flags)
         check_ports(cfg)
@@ -234,13 +270,14 @@ def pub(
     msg_id: Optional[str] = typer.Option(None, "--msg-id", metavar="ID", help="with --confirm: idempotency key "
                                                                               "within the queue's dedupe window"),
     server: Optional[str] = server_option(),
+    server_key: Optional[str] = server_key_option(),
 ):
     """Publish an event."""
     payload = sys.stdin.buffer.read() if data is None else data.encode()
     headers = _headers(header)
     if msg_id is not None and not confirm:
         fail(EXIT_USAGE, "--msg-id needs --confirm")
-    with session(server, "tscale-pub") as c:
+    with session(server, "tscale-pub", server_key) as c:
         if confirm:
             from .cli_queue import publish_confirmed
             publish_confirmed(c, name, payload, headers, count, msg_id)
@@ -283,12 +320,13 @@ def sub(
     timeout: float = typer.Option(0, metavar="S", show_default=True,
                                   help="exit 1 if no event arrives for this many seconds (0 = wait forever)"),
     server: Optional[str] = server_option(),
+    server_key: Optional[str] = server_key_option(),
 ):
     """Print events as they arrive."""
     from .errors import Timeout
     _sigterm_as_interrupt()
     got = 0
-    with session(server, "tscale-sub") as c:
+    with session(server, "tscale-sub", server_key) as c:
         s = c.subscribe(pattern, queue=queue)
         print(f"subscribed to {pattern}" + (f" in queue group {queue}" if queue else ""), file=sys.stderr, flush=True)
         try:
@@ -311,10 +349,11 @@ def req(
     timeout: float = typer.Option(2.0, metavar="S", show_default=True, help="seconds to wait for the reply"),
     as_json: bool = typer.Option(False, "--json", help="print the reply as one JSON object"),
     server: Optional[str] = server_option(),
+    server_key: Optional[str] = server_key_option(),
 ):
     """Send a request and print the reply."""
     from .errors import NoResponders, Timeout
-    with session(server, "tscale-req") as c:
+    with session(server, "tscale-req", server_key) as c:
         try:
             msg = c.request(name, data.encode(), timeout=timeout, headers=_headers(header))
         except NoResponders:
@@ -378,6 +417,7 @@ def status(
                                help="refresh the table in place with rates per second until Ctrl-C"),
     interval: float = typer.Option(1.0, metavar="S", show_default=True, help="seconds between refreshes (--watch)"),
     server: Optional[str] = server_option(),
+    server_key: Optional[str] = server_key_option(),
 ):
     """Show the node's state: workers, clients, traffic, drops (--cluster: the whole cluster)."""
     from .status_view import render_cluster, render_status, watch_status
@@ -387,10 +427,10 @@ def status(
         fail(EXIT_USAGE, "--interval must be more than 0")
     if watch:
         _sigterm_as_interrupt()
-        with session(server, "tscale-status") as c:
+        with session(server, "tscale-status", server_key) as c:
             watch_status(c.status, interval)
         return
-    with session(server, "tscale-status") as c:
+    with session(server, "tscale-status", server_key) as c:
         st = c.status()
     if as_json:
         if cluster:
@@ -481,6 +521,55 @@ def bench(
     Console().print(t)
     for note in res.get("notes", []):
         typer.echo(f"note: {note}", err=True)
+
+
+# -- tscale keys (docs/SECURITY.md) ----------------------------------------------------------
+@command()
+def keys(
+    new_client: Optional[str] = typer.Option(None, "--new-client", metavar="FILE",
+                                             help="create a client key pair in FILE (mode 0600); print its public key"),
+    hash_password: bool = typer.Option(False, "--hash-password",
+                                       help="read a password from stdin, print its scrypt hash for the users file"),
+    new_secret: bool = typer.Option(False, "--new-secret", help="print a fresh random cluster key"),
+    data_dir: Optional[str] = _node_option("~/.local/share/tscale", "the node's data directory", "DIR",
+                                           env="TSCALE_DATA_DIR"),
+    config: Optional[str] = _node_option("none", "the node's TOML config file", "FILE", env="TSCALE_CONFIG"),
+    cluster_key_file: Optional[str] = _node_option("none", "the cluster key file of the node", "FILE",
+                                                   env="TSCALE_CLUSTER_KEY_FILE"),
+):
+    """Print the CURVE public key clients give as --server-key (creates the node key pair if needed), or make keys."""
+    import secrets
+
+    from . import keys as k
+    from .config import ConfigError, load
+    if new_secret:
+        print(secrets.token_urlsafe(32))
+        return
+    if hash_password:
+        from .auth import hash_password as hp
+        pw = sys.stdin.readline().rstrip("\n")
+        if not pw:
+            fail(EXIT_USAGE, "no password on stdin")
+        print(hp(pw))
+        return
+    if new_client:
+        public, secret = k.new_client_pair()
+        try:
+            k.write_pair(new_client, public, secret, "tscale client key")
+        except OSError as exc:
+            fail(EXIT_FAILED, f"cannot create {new_client}: {exc}")
+        print(public)
+        return
+    try:
+        cfg = load(dict(data_dir=data_dir, config=config, cluster_key_file=cluster_key_file))
+    except ConfigError as exc:
+        fail(EXIT_USAGE, str(exc))
+    secret = cfg.cluster_key or cfg.token
+    try:
+        print(k.cluster_server_pair(secret)[0] if secret else k.node_pair(cfg.data_dir)[0])
+    except k.KeyFileError as exc:
+        fail(EXIT_FAILED, str(exc))
+# -- end of tscale keys -----------------------------------------------------------------------
 
 
 @command()

@@ -23,7 +23,8 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from . import protocol
-from .client_core import BATCH_BYTES, BATCH_LEN, ClientCore, CoreView, Msg, SubState, parse_address
+from .client_core import (BATCH_BYTES, BATCH_LEN, MONITOR_EVENTS, ClientCore, CoreView, Credentials, Msg, SubState,
+                          handshake_error, parse_address)
 from .errors import ConnectError, NoResponders, ServerError, Timeout, TscaleError
 from .queues import api as qapi
 from .queues import client_core as qc
@@ -181,7 +182,7 @@ class _RequestLane:
 
     def close(self):
         for s in self.socks:
-            s.close(0)
+            self.client._close_socket(s, 0)
         self.socks = []
         if self in self.client._lanes:
             self.client._lanes.remove(self)
@@ -191,9 +192,11 @@ class Client(CoreView):
     """Connects to one node address; talks to each of its workers directly."""
 
     def __init__(self, server: str | None = None, name: str = "", token: str | None = None,
-                 connect_timeout: float = 5.0, error_cb=None):
+                 connect_timeout: float = 5.0, error_cb=None, *, server_key: str | None = None,
+                 client_key: str | None = None, user: str | None = None, password: str | None = None):
         self.server = server or default_server()
-        self._core = ClientCore(name=name, token=token)
+        self._core = ClientCore(name=name, creds=Credentials(token, server_key, client_key, user, password))
+        self._monitor_of: dict = {}
         self._error_cb = error_cb
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
@@ -228,16 +231,38 @@ class Client(CoreView):
         s.setsockopt(zmq.HEARTBEAT_IVL, 2000)
         s.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         s.setsockopt(zmq.IDENTITY, os.urandom(12))
+        self._core.creds.apply(s)
+        # The monitor exists before the connection, so a failed security handshake is seen.
+        self._monitor_of[s] = s.get_monitor_socket(MONITOR_EVENTS)
         s.connect(f"tcp://{self._host}:{port}")
         return s
+
+    def _close_socket(self, s: zmq.Socket, linger: int):
+        m = self._monitor_of.pop(s, None)
+        if m is not None:
+            s.disable_monitor()
+            m.close(0)
+        s.close(linger)
 
     def _hello(self, s: zmq.Socket, timeout: float) -> list:
         s.send(self._core.hello())
         deadline = time.monotonic() + timeout
+        poller = zmq.Poller()
+        poller.register(s, zmq.POLLIN)
+        mon = self._monitor_of[s]
+        poller.register(mon, zmq.POLLIN)
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not s.poll(left * 1000):
+            ready = dict(poller.poll(left * 1000)) if left > 0 else {}
+            if not ready:
                 raise ConnectError(f"no answer from tscale node at {self.server} within {timeout:g}s")
+            if mon in ready:
+                ev = recv_monitor_message(mon)
+                why = handshake_error(ev["event"], ev["value"], self.server, self._core.creds.curve)
+                if why is not None:
+                    raise ConnectError(why)
+            if s not in ready:
+                continue
             cmd = self._core.decode(s.recv(), -1)
             if cmd is None:
                 continue
@@ -259,7 +284,7 @@ class Client(CoreView):
                 self._socks[k] = self._socket(self._core.ports[k])
                 self._hello(self._socks[k], timeout)
         self._outq = [collections.deque() for _ in range(n)]
-        self._monitors = [s.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED) for s in self._socks]
+        self._monitors = [self._monitor_of[s] for s in self._socks]
 
     # -- I/O thread ------------------------------------------------------------
     def _wake(self):
@@ -390,7 +415,10 @@ class Client(CoreView):
             ev = recv_monitor_message(m, zmq.NOBLOCK)
         except zmq.Again:
             return
-        if ev["event"] == zmq.EVENT_DISCONNECTED:
+        why = handshake_error(ev["event"], ev["value"], self.server, self._core.creds.curve)
+        if why is not None:
+            log.warning("reconnecting to worker %d: %s", k, why)
+        elif ev["event"] == zmq.EVENT_DISCONNECTED:
             log.info("lost connection to worker %d of %s; reconnecting", k, self.server)
         elif ev["event"] == zmq.EVENT_CONNECTED:
             # A (re)started worker knows nothing of us: greet it again and resubscribe.
@@ -645,10 +673,8 @@ class Client(CoreView):
             self._drained.notify_all()
         for lane in list(self._lanes):
             lane.close()
-        for m in self._monitors:
-            m.close(0)
         for s in self._socks:
-            s.close(200)
+            self._close_socket(s, 200)
         self._ctx.term()
         os.close(self._efd)
 

@@ -12,7 +12,9 @@ import logging
 import os
 from zlib import crc32
 
-from . import protocol
+import zmq
+
+from . import keys, protocol
 from .address import split_hostport
 from .errors import ServerError, TscaleError
 from .frames import decode_node
@@ -93,10 +95,69 @@ class SubState:
         self.confirm = confirm
 
 
+# Monitor events a client watches on each socket: (re)connections and the security handshake.
+MONITOR_EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+                  | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                  | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+
+
+def handshake_error(event: int, value: int, server: str, curve: bool) -> str | None:
+    """A readable reason for a failed ZeroMQ security handshake, or None for other events."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        if value == 300:    # "try again later" (the node is rate-limiting password checks): libzmq retries
+            return None
+        return (f"the node at {server} refused our credentials (ZAP status {value}): wrong token, "
+                "user/password or client key")
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+        return (f"security mismatch with the node at {server}: it runs another mechanism "
+                + ("(does it run --curve?)" if curve else
+                   "(a CURVE node needs server_key=, a --token or users node needs credentials)"))
+    if event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+        return (f"the security handshake with {server} failed"
+                + (": wrong server key?" if curve else
+                   ": the node runs CURVE (give its public key as server_key / --server-key, see `tscale keys`)"))
+    return None
+
+
+class Credentials:
+    """What a client presents at the ZeroMQ handshake (docs/SECURITY.md).
+
+    * `server_key` (the node's CURVE public key) turns on CURVE; the client key is
+      `client_key` (a Z85 secret key), else the pair derived from `token`, else a
+      fresh pair (a node that asks nothing of its clients, only encrypts).
+    * Without `server_key`: PLAIN with `user`/`password`, or with the token
+      (user name "token"), in clear text; else nothing (NULL)."""
+
+    def __init__(self, token: str | None = None, server_key: str | None = None, client_key: str | None = None,
+                 user: str | None = None, password: str | None = None):
+        self.curve = bool(server_key)
+        self.opts: list[tuple[int, bytes]] = []
+        if server_key:
+            if not keys.valid_key(server_key):
+                raise TscaleError("server_key must be a 40-character Z85 CURVE public key (`tscale keys`)")
+            if client_key:
+                if not keys.valid_key(client_key):
+                    raise TscaleError("client_key must be a 40-character Z85 CURVE secret key")
+                pub, sec = keys.pair_from_secret(client_key)
+            elif token:
+                pub, sec = keys.token_client_pair(token)
+            else:
+                pub, sec = keys.new_client_pair()
+            self.opts = [(zmq.CURVE_SERVERKEY, server_key.encode()), (zmq.CURVE_PUBLICKEY, pub.encode()),
+                         (zmq.CURVE_SECRETKEY, sec.encode())]
+        elif user is not None or token:
+            name, pw = (user, password or "") if user is not None else ("token", token)
+            self.opts = [(zmq.PLAIN_USERNAME, name.encode()), (zmq.PLAIN_PASSWORD, pw.encode())]
+
+    def apply(self, sock) -> None:
+        for opt, val in self.opts:
+            sock.setsockopt(opt, val)
+
+
 class ClientCore:
-    def __init__(self, name: str = "", token: str | None = None, lang: str = "python"):
+    def __init__(self, name: str = "", lang: str = "python", creds: Credentials | None = None):
         self.name = name
-        self.token = token
+        self.creds = creds or Credentials()
         self.lang = lang
         self.workers = 1
         self.ports: list[int] = []
@@ -141,7 +202,7 @@ class ClientCore:
     def hello(self, direct: bool = True) -> bytes:
         from . import __version__
         return protocol.pack([protocol.HELLO, protocol.VERSION,
-                              {"name": self.name, "token": self.token, "lang": self.lang,
+                              {"name": self.name, "lang": self.lang,
                                "version": __version__, "direct": direct}])
 
     def welcome(self, cmd: list) -> None:

@@ -22,6 +22,7 @@ Control frames (msgpack arrays) between supervisors, over the control port
 """
 from __future__ import annotations
 
+import hmac
 import itertools
 import logging
 import random
@@ -33,6 +34,7 @@ import zmq
 
 from . import bus
 from .client_core import ClientCore
+from .keys import beacon_mac
 from .config import parse_hostport
 from .discovery import beacon_targets
 from .frames import decode_beacon, decode_control, decode_node
@@ -68,9 +70,10 @@ class _Barrier:
 class ClusterControl:
     def __init__(self, sup, cluster: str, host: str, port: int, workers: int, join: list[str],
                  discovery: bool, discovery_port: int, advertise: str, node_id: str, name: str,
-                 token: str = ""):
+                 security):
         self.sup = sup
-        self.token = token
+        self.sec = security
+        self.secret = security.cluster_secret   # "" = open cluster
         self.ctx: zmq.Context = sup.ctx
         self.bind_host = host
         self.ctl_port = port + workers
@@ -83,6 +86,8 @@ class ClusterControl:
               "host": None if wildcard else adv_host,
               "port": adv_port, "ctl": self.ctl_port + (adv_port - port), "workers": workers,
               "started": time.time(), "v": 1}
+        if security.mechanism == "curve":
+            me["ck"] = security.server_public   # the key other nodes' workers connect to ours with
         self.overlay = Overlay(me)
         self.links = InterestLinks()          # interest per link, Clone-pattern sync (interest.py)
         self.interest = self.links.table
@@ -111,6 +116,7 @@ class ClusterControl:
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
         r.setsockopt(zmq.ROUTER_HANDOVER, 1)   # a node that reconnects replaces its stale link
         r.setsockopt(zmq.LINGER, 0)
+        self.sec.serve_control(r)       # CURVE with the cluster's derived key pair, if there is a secret
         r.bind(f"tcp://{self.bind_host}:{self.ctl_port}")
         self.poller = poller
         poller.register(r, zmq.POLLIN)
@@ -141,9 +147,13 @@ class ClusterControl:
             self.parent_sock.close(100)
         self.router.close(100)
 
-    def _dealer(self, endpoint: str, identity: bool | str) -> zmq.Socket:
+    def _dealer(self, endpoint: str, identity: bool | str, worker_port: bool = False) -> zmq.Socket:
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.LINGER, 0)
+        if worker_port:
+            self.sec.peer_client(s, None)
+        else:
+            self.sec.control_client(s)
         # No IMMEDIATE: with it, the first (blocking) send of a PROBE, seed HELLO or ATTACH to an
         # endpoint that does not answer blocks the whole control loop forever.  Without it the frame
         # waits in the pipe and the probe/attach time-outs clean up.
@@ -203,7 +213,7 @@ class ClusterControl:
             info = self.overlay.members.get(mid)
             if info and info.get("host"):
                 out[mid] = {"host": info["host"], "ports": [info["port"] + i for i in range(info["workers"])],
-                            "name": info.get("name", "")}
+                            "name": info.get("name", ""), "ck": info.get("ck")}
         return out
 
     def _publish_peers(self):
@@ -478,6 +488,10 @@ class ClusterControl:
                 return
             if not data.startswith(BEACON_MAGIC):
                 continue
+            if self.secret:   # a beacon we cannot verify is not from our cluster: ignored
+                data, mac = data[:-16], data[-16:]
+                if not hmac.compare_digest(mac, beacon_mac(self.secret, data)):
+                    continue
             b = decode_beacon(data[len(BEACON_MAGIC):])
             if b is None:
                 self._bad("beacon from " + ip, "not a tscale beacon")
@@ -537,9 +551,8 @@ class ClusterControl:
         ep = f"tcp://{host}:{port}"
         if ep in self.probes:
             return
-        s = self._dealer(ep, identity=False)
-        s.send(ClientCore(name=f"tscale-node {self.overlay.me['name']}", token=self.token or None,
-                          lang="tscale-node").hello(direct=False))
+        s = self._dealer(ep, identity=False, worker_port=True)
+        s.send(ClientCore(name=f"tscale-node {self.overlay.me['name']}", lang="tscale-node").hello(direct=False))
         self.probes[ep] = (s, now + PROBE_TIMEOUT, "seed")
 
     # -- time ------------------------------------------------------------------------------
@@ -603,6 +616,8 @@ class ClusterControl:
         me = self.overlay.me
         body = BEACON_MAGIC + pack({"v": 1, "c": me["cluster"], "id": me["id"], "p": me["port"],
                                     "k": me["ctl"], "bye": bye})
+        if self.secret:
+            body += beacon_mac(self.secret, body)
         for target, source in beacon_targets(psutil.net_if_addrs().values()):
             try:
                 self._beacon_socket(source).sendto(body, (target, self.discovery_port))

@@ -42,6 +42,11 @@ class NodeConfig:
     advertise: str = ""              # HOST:PORT others should use to reach us (NAT)
     max_children: int = 8            # overlay fan-out bound
     monitor: str = ""                # HOST:PORT of the HTTP monitor (/metrics, /healthz, /status); "" = off
+    # -- security (docs/SECURITY.md) --
+    curve: int = 0                   # 1 = CURVE on every TCP socket (node key pair in data_dir)
+    cluster_key: str = ""            # shared secret of the cluster (implies curve); prefer cluster_key_file
+    cluster_key_file: str = ""       # file holding the cluster key (mode 0600)
+    users_file: str = ""             # TOML users file: keys/passwords and permissions (reloaded on SIGHUP)
 
     def resolved(self) -> "NodeConfig":
         """Fill in the computed defaults and validate."""
@@ -89,6 +94,7 @@ class NodeConfig:
         if port + c.workers > 65535:
             raise ConfigError(f"listen port {port} with {c.workers} workers needs TCP ports {port}..{port + c.workers} "
                               f"(one per worker, then the cluster control port): beyond 65535")
+        _resolve_security(c)
         return c
 
     def monitor_address(self) -> tuple[str, int]:
@@ -110,6 +116,30 @@ class NodeConfig:
         return [s.strip() for s in self.join.split(",") if s.strip()]
 
 
+def _resolve_security(c: "NodeConfig") -> None:
+    """Read the cluster key file and check the users file, so that `tscale up` fails at once."""
+    from .auth import UsersError, load_users
+    from .keys import KeyFileError, read_secret_file
+    if c.cluster_key_file:
+        if c.cluster_key:
+            raise ConfigError("give the cluster key or a cluster key file, not both")
+        try:
+            c.cluster_key = read_secret_file(c.cluster_key_file)
+        except KeyFileError as exc:
+            raise ConfigError(str(exc)) from None
+        c.cluster_key_file = ""   # read once; the key itself travels on (never in argv)
+    if c.cluster_key and len(c.cluster_key) < 16:
+        raise ConfigError("cluster key: use at least 16 characters (e.g. `tscale keys --new-secret`)")
+    if c.users_file:
+        try:
+            load_users(c.users_file)
+        except UsersError as exc:
+            raise ConfigError(str(exc)) from None
+    if c.curve and c.join_list() and not (c.cluster_key or c.token):
+        raise ConfigError("--curve with --join needs a cluster secret (--cluster-key or --token): "
+                          "a seed's encrypted port can only be reached with the key the secret gives")
+
+
 def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """'host:port', 'host' or ':port' -> (host, port); a missing host means all interfaces."""
     try:
@@ -121,7 +151,7 @@ def parse_hostport(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, i
 _TYPES = {f.name: f.type for f in fields(NodeConfig)}
 
 
-BOOL_OPTIONS = frozenset({"no_discovery"})
+BOOL_OPTIONS = frozenset({"no_discovery", "curve"})
 _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0", "")
 
 

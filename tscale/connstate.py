@@ -16,7 +16,8 @@ class Connection:
     """
 
     __slots__ = ("ident", "name", "lang", "peer", "direct", "out", "subs", "blocked",
-                 "events_out", "drops", "last_seen", "rejected", "errors", "sink", "ob", "ctl")
+                 "events_out", "drops", "last_seen", "rejected", "errors", "sink", "ob", "ctl",
+                 "user", "perms", "pub_ok")
 
     def __init__(self, ident: bytes, now: float, ob: Outbound | None = None):
         self.ident = ident
@@ -36,6 +37,9 @@ class Connection:
         # A pseudo-connection of the durable queues (a sink) never reaches ZeroMQ: no bound to keep.
         self.ob = ob if ob is not None else Outbound(1 << 62, 1 << 62)
         self.ctl: list = []      # control frames waiting for room in ZeroMQ
+        self.user = ""           # ZAP user id the handshake gave ("" = anonymous)
+        self.perms = None        # auth.Perms of the user, None = may do everything
+        self.pub_ok = None       # name -> allowed, cache of publish checks (users with publish limits)
 
     def label(self) -> str:
         return self.name or self.ident.hex()

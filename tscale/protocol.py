@@ -50,6 +50,7 @@ E_NOT_AUTHORIZED = "not_authorized"
 E_BAD_SID = "bad_sid"
 E_TOO_MANY_SUBS = "too_many_subscriptions"
 E_SLOW_CONSUMER = "slow_consumer"   # the node gave up on a connection that does not read; HELLO again
+E_PERMISSION_DENIED = "permission_denied"    # not fatal: the connection goes on
 FATAL_ERRORS = frozenset({E_BAD_VERSION, E_NOT_AUTHORIZED, E_SLOW_CONSUMER})
 
 # Reply sent to a request's reply-to name when nothing could take the request.

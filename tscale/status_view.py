@@ -6,6 +6,7 @@ import time
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 
 def _mb(n: int) -> str:
@@ -75,6 +76,13 @@ def status_renderable(st: dict, per_second: dict | None = None):
               f"{tot.get('events_in', 0):,}", f"{tot.get('events_out', 0):,}", f"{tot.get('dropped', 0):,}",
               *rate_cells("total"), str(tot.get("clients", 0)), str(tot.get("subscriptions", 0)), style="bold")
     parts = [head, t]
+    sec = st.get("security")
+    if sec:
+        denied = ", ".join(f"{u} {n:,}" for u, n in sorted(sec.get("permission_denied", {}).items()))
+        parts.append(Text(f"security: clients {sec.get('clients')} ({sec.get('clients_auth')})  peers {sec.get('peers')} "
+                          f"({sec.get('peers_auth')})  control {sec.get('control')}"
+                          + (f"  server key {sec['server_key']}" if sec.get("server_key") else "")
+                          + (f"  permission denied: {denied}" if denied else "")))
     slow = [(w["index"], s) for w in st.get("workers", []) for s in w.get("slow_clients", [])]
     if slow:
         s = Table(title="slow consumers (events dropped)", show_header=True)

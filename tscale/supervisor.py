@@ -18,13 +18,14 @@ import msgpack
 import psutil
 import zmq
 
-from . import __version__, bus, rundir, sdnotify
+from . import __version__, auth, bus, keys, rundir, sdnotify
 from .cluster import ClusterControl
+from .security import Security, answer_zap, zap_socket
 from dataclasses import asdict
 
 from .config import NodeConfig, parse_hostport
 from .errors import ConnectError
-from .logs import always, setup
+from .logs import RateLimited, always, setup
 from .protocol import pack
 
 EXIT_BIND_FAILED = 3         # a worker's exit code when its port is taken
@@ -75,6 +76,7 @@ class Supervisor:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.log = setup("supervisor", cfg.log_level, cfg.log_format)
+        self.rlog = RateLimited(self.log)
         self.node_id = uuid.uuid4().hex[:16]
         self.host, self.port = parse_hostport(cfg.listen)
         self.workers = [WorkerProc(i) for i in range(cfg.workers)]
@@ -85,13 +87,15 @@ class Supervisor:
         self.stop_reason = ""
         self.snapshot: dict | None = None       # the last status document (read by the monitor thread)
         self.monitor = None
+        self.reload_users = False
+        self.zap = None
 
     def _spec(self, index: int) -> dict:
         c = self.cfg
         return {
             "index": index, "count": c.workers, "host": self.host, "base_port": self.port,
             "run_dir": self.run_dir, "node_id": self.node_id, "node_name": c.name,
-            "version": __version__, "max_payload": c.max_payload, "token": c.token,
+            "version": __version__, "max_payload": c.max_payload, "security": self.security.spec(),
             "client_hwm": c.client_hwm, "max_subs_per_conn": c.max_subs_per_conn,
             "client_max_pending": c.client_max_pending, "slow_consumer_grace_ms": c.slow_consumer_grace_ms,
             "log_level": c.log_level, "log_format": c.log_format, "data_dir": c.data_dir,
@@ -114,14 +118,65 @@ class Supervisor:
         w.reported = False
 
     # -- lifecycle ------------------------------------------------------------
+    def _security(self) -> Security:
+        """Keys and users for this run; raises KeyFileError or UsersError."""
+        c = self.cfg
+        users = auth.load_users(c.users_file) if c.users_file else None
+        public = secret = ""
+        if (c.curve or c.cluster_key) and not (c.cluster_key or c.token):
+            public, secret = keys.node_pair(c.data_dir)   # created 0600 on first start, reused after
+        return Security(curve=bool(c.curve), token=c.token, cluster_key=c.cluster_key, server_public=public,
+                        server_secret=secret, users=users, users_file=c.users_file)
+
+    def _warn_security(self):
+        sec = self.security
+        if not sec.cluster_secret:
+            self.log.warning("cluster %r is open: any host on the network that runs tscale can join it and see "
+                             "every event (set --cluster-key or --token; docs/SECURITY.md)", self.cfg.cluster)
+        if sec.users_doc is not None and not sec.cluster_secret:
+            self.log.warning("a users file without --token or --cluster-key: this node cannot link with other "
+                             "nodes (they have no credential to present)")
+        if sec.mechanism == "plain":
+            self.log.info("client ports: PLAIN authentication, credentials travel in clear text (use --curve)")
+        elif sec.mechanism == "curve":
+            self.log.info("client ports: CURVE, server public key %s", sec.server_public)
+
+    def _reload_users(self):
+        """SIGHUP: read the users file again; on any error keep the users in force."""
+        self.reload_users = False
+        if not self.cfg.users_file:
+            self.log.warning("SIGHUP: no users file configured; nothing to reload")
+            return
+        try:
+            doc = auth.load_users(self.cfg.users_file)
+        except auth.UsersError as exc:
+            self.log.error("users file not reloaded, the previous one stays in force: %s", exc)
+            return
+        self.security.users_doc = doc
+        self.bus_all([bus.USERS, bus.SUPERVISOR, doc])
+        self.log.info("users file %s reloaded: %d users", self.cfg.users_file, len(doc.get("users") or {}))
+
+    def _on_sighup(self, *_):
+        self.reload_users = True
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, self._on_sighup)
         os.makedirs(self.cfg.data_dir, exist_ok=True)
+        try:
+            self.security = self._security()
+        except (keys.KeyFileError, auth.UsersError) as exc:
+            self.log.error("%s", exc)
+            return 2
+        self._warn_security()
         for path in rundir.clean_stale():
             self.log.info("removed the run directory %s of a supervisor that is gone", path)
         self.run_dir = rundir.create()
         self.ctx = zmq.Context()
+        if self.security.control != "null":   # ZAP handler before the control port binds
+            self.gate = self.security.gate()
+            self.zap = zap_socket(self.ctx)
         self.pub = self.ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.bind(bus.supervisor_endpoint(self.run_dir))
@@ -131,10 +186,12 @@ class Supervisor:
         self.sub.setsockopt(zmq.SUBSCRIBE, bus.ALL)     # workers' WORKER_HELLO
         self.poller = zmq.Poller()
         self.poller.register(self.sub, zmq.POLLIN)
+        if self.zap is not None:
+            self.poller.register(self.zap, zmq.POLLIN)
         c = self.cfg
         self.cluster = ClusterControl(self, c.cluster, self.host, self.port, c.workers, c.join_list(),
                                       self._discovery(), c.discovery_port, c.advertise, self.node_id, c.name,
-                                      c.token)
+                                      self.security)
         self.cluster.overlay.max_children = c.max_children
         try:
             self.cluster.open(self.poller)
@@ -220,6 +277,10 @@ class Supervisor:
             now = time.monotonic()
             if ready and any(sock is self.sub for sock, _ in ready):
                 self._drain(now)
+            if ready and self.zap is not None and any(sock is self.zap for sock, _ in ready):
+                self._drain_zap()
+            if self.reload_users:
+                self._reload_users()
             try:
                 if ready:
                     self.cluster.handle(ready, now)
@@ -237,6 +298,10 @@ class Supervisor:
                 next_status = now + 1.0
                 self.snapshot = st = self.status()
                 self.pub.send_multipart([bus.ALL, pack([bus.NODE_STATUS, bus.SUPERVISOR, st])])
+
+    def _drain_zap(self):
+        answer_zap(self.zap, self.gate, lambda addr, why: self.rlog.warning(
+            ("zap", addr), "control port: refused a connection from %s at the handshake: %s", addr, why))
 
     def _drain(self, now: float):
         while True:
@@ -347,6 +412,7 @@ class Supervisor:
                 "subscriptions": s.get("subscriptions", 0), "slow_clients": s.get("slow_clients", []),
                 "peer_in": s.get("peer_in", 0), "peer_out": s.get("peer_out", 0), "peers": s.get("peers", {}),
                 "queues": s.get("queues", {}),
+                "permission_denied": s.get("permission_denied", {}),
             })
         me = psutil.Process()
         sup_rss = me.memory_info().rss
@@ -354,8 +420,13 @@ class Supervisor:
                   ("events_in", "events_out", "dropped", "slow_disconnects", "errors", "clients",
                    "subscriptions", "rss_bytes", "cpu_percent")}
         totals["rss_bytes"] += sup_rss
+        denied: dict = {}
+        for w in workers:
+            for user, n in w["permission_denied"].items():
+                denied[user] = denied.get(user, 0) + n
         return {
             "schema": 1,
+            "security": dict(self.security.describe(), permission_denied=denied),
             "cluster": self.cluster.status(totals),
             "node": {
                 "name": self.cfg.name, "id": self.node_id, "version": __version__,

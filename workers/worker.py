@@ -21,12 +21,13 @@ import time
 import msgpack
 import zmq
 
-from tscale import bus, protocol
+from tscale import auth, bus, protocol
 from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRACE_MS
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
 from tscale.handover import InterestReport
 from tscale.outbound import EXPIRED, UNDER, Outbound
+from tscale.security import Security, answer_zap, zap_socket
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
 from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
@@ -35,6 +36,7 @@ from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
 
 from .queues import QueueShell
+from . import access
 
 INPUT_BUDGET = 512        # frames read per poll wake-up before yielding to the bus
 CLIENT_RCVHWM = 100       # frames queued per client connection on input; then ZeroMQ pushes back
@@ -76,7 +78,11 @@ class Worker:
         self.count: int = spec["count"]
         self.max_payload: int = spec["max_payload"]
         self.peer_frame_bytes = 1 << 20   # + one event: under any receiver's 16 x max_payload + 1 MiB
-        self.token: str = spec.get("token") or ""
+        self.sec = Security.from_spec(spec)
+        # With PLAIN or CURVE on the client port every connection passed our ZAP gate; its
+        # user id rides on each frame and decides what the connection may do.
+        self.zap_gate = self.sec.gate() if self.sec.mechanism != "null" else None
+        self.violations: dict[str, int] = {}      # user -> permission_denied errors
         self.max_subs: int = spec.get("max_subs_per_conn", 100_000)
         self.hwm: int = spec.get("client_hwm", 1000)
         self.max_pending: int = spec.get("client_max_pending", DEFAULT_CLIENT_MAX_PENDING)
@@ -118,6 +124,7 @@ class Worker:
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the supervisor reloads the users file and tells us
         self.ctx = zmq.Context()   # created after start: never inherit a context
         try:
             self._open_sockets()
@@ -155,6 +162,9 @@ class Worker:
         r.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         r.setsockopt(zmq.TCP_KEEPALIVE, 1)
         self.endpoint = f"tcp://{spec['host']}:{spec['base_port'] + self.index}"
+        if self.zap_gate is not None:   # the ZAP handler first: libzmq lets everyone in while there is none
+            self.zap = zap_socket(ctx)
+        self.sec.serve_clients(r)
         r.bind(self.endpoint)
         p = self.pub = ctx.socket(zmq.PUB)
         p.setsockopt(zmq.SNDHWM, BUS_HWM)
@@ -176,6 +186,9 @@ class Worker:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
         router, sub = self.router, self.sub
+        zap = getattr(self, "zap", None)
+        if zap is not None:
+            poller.register(zap, zmq.POLLIN)
         next_tick = 0.0
         next_stats = time.monotonic() + STATS_EVERY
         while self.running:
@@ -192,6 +205,8 @@ class Worker:
                     self._drain_router()
                 elif sock is sub:
                     self._drain_bus()
+                elif sock is zap:
+                    self._drain_zap()
                 else:
                     self._drain_peer(sock)
             self._flush()
@@ -216,6 +231,7 @@ class Worker:
         conns = self.conns
         pending = 0                        # input bytes since the last flush
         deadline = self.now + PASS_TIME
+        secured = self.zap_gate is not None
         for k in range(INPUT_BUDGET):
             try:
                 ident = recv(NOBLOCK)
@@ -223,11 +239,17 @@ class Worker:
                 return
             frame = recv(copy=False)   # decoded from libzmq's buffer: a large frame is not copied first
             conn = conns.get(ident)
-            if conn is None:
-                ob = self.lingering.pop(ident, None) or Outbound(self.max_pending, self.hwm)
-                conn = conns[ident] = Connection(ident, self.now, ob)
-                if self.token:   # a token-protected node serves only after HELLO
-                    conn.rejected = protocol.E_NOT_AUTHORIZED
+            if secured:
+                # The user id comes with every frame: a routing id can be reused by another
+                # connection (of another user) once the first one is gone, so it is checked
+                # per frame (one property read), never assumed from an earlier frame.
+                user = frame.get("User-Id")
+                if conn is None or conn.user != user:
+                    conn = self._new_conn(ident, user)
+                else:
+                    conn.last_seen = self.now
+            elif conn is None:
+                conn = self._new_conn(ident, "")
             else:
                 conn.last_seen = self.now
             if getsockopt(RCVMORE):
@@ -243,6 +265,21 @@ class Worker:
                 if time.monotonic() >= deadline:
                     return
 
+    def _new_conn(self, ident: bytes, user: str) -> Connection:
+        old = self.conns.get(ident)
+        if old is not None:      # the routing id now belongs to another user: forget the old state
+            self._remove_conn(old)
+        ob = self.lingering.pop(ident, None) or Outbound(self.max_pending, self.hwm)
+        conn = self.conns[ident] = Connection(ident, self.now, ob)
+        if self.zap_gate is not None:
+            conn.user = user
+            access.attach(conn, self.zap_gate.perms(user))
+        return conn
+
+    def _drain_zap(self):
+        answer_zap(self.zap, self.zap_gate, lambda addr, why: self.rlog.warning(
+            ("zap", addr), "refused a connection from %s at the handshake: %s", addr, why))
+
     def _dispatch(self, conn: Connection, frame):
         try:
             cmd = decode_client(frame)   # every field checked: handlers below trust the tuple
@@ -255,12 +292,19 @@ class Worker:
             return
         code = cmd[0]
         if conn.rejected and code not in _OPEN_COMMANDS:
-            # A token-protected node serves nothing but the handshake before a good HELLO, nor
-            # does it serve a connection it disconnected as a slow consumer.
+            # Served nothing but the handshake: a connection disconnected as a slow consumer (until
+            # it says HELLO again), or one whose user was removed from the users file.
             at = _REQ_AT.get(code)
-            self._error(conn, conn.rejected, _REFUSALS[conn.rejected], cmd[at] if at is not None else None)
+            why = _REFUSALS[conn.rejected]
+            if conn.user and self.zap_gate is not None and not self.zap_gate.known(conn.user):
+                why = f"user {conn.user!r} is no longer allowed"
+            self._error(conn, conn.rejected, why, cmd[at] if at is not None else None)
             return
         if code == PUB:
+            if conn.perms is not None:
+                cmd, name, denied = access.filter_pub(conn, cmd, 1)
+                if denied:
+                    self._denied(conn, f"publish to {name!r}", None, denied)
             self._ingest(conn, cmd, 1)
         elif code == SUB:
             self._on_sub(conn, *cmd[1:])
@@ -280,6 +324,8 @@ class Worker:
             else:   # just started: answer once the supervisor's node status has arrived
                 self.pending_status.append((conn, req, self.now + 1.5))
         elif code == PEER_EVENTS:
+            if not conn.peer and conn.user == auth.PEER_USER and self.gate.allowed(cmd[1]):
+                conn.peer = cmd[1]   # a node that proved the cluster secret, before its HELLO (we restarted)
             if not conn.peer:
                 # Only links the control plane attached (HELLO as a current neighbour) may inject routed events.
                 self._error(conn, protocol.E_NOT_AUTHORIZED, "PEER_EVENTS is for tscale nodes; say HELLO as a peer")
@@ -290,18 +336,28 @@ class Worker:
         elif code == BYE:
             self._remove_conn(conn)
 
+    def _peer_allowed(self, conn: Connection, peer_id: str) -> bool:
+        """May a connection that says HELLO with option peer=`peer_id` send peer frames?
+        An overlay neighbour (the peer gate) and, with a cluster secret, only a connection
+        that proved it at the handshake (ZAP user PEER_USER)."""
+        return self.gate.allowed(peer_id) and self._proved_peer(conn)
+
+    def _proved_peer(self, conn: Connection) -> bool:
+        return not self.sec.cluster_secret or conn.user == auth.PEER_USER
+
     def _on_hello(self, conn: Connection, name: str, lang: str, token, direct: bool, peer: str):
-        if self.token and token != self.token:
-            self.rlog.warning(("auth", conn.ident), "rejected connection %s: wrong or missing token", conn.ident.hex())
-            self._refuse(conn, "wrong or missing token")
+        # `token` in HELLO is ignored: credentials are checked at the handshake (ZAP).
+        if self.zap_gate is not None and not self.zap_gate.known(conn.user):
+            self._refuse(conn, f"user {conn.user!r} is no longer allowed")   # removed by a users file reload
             return
-        if peer and not self.gate.allowed(peer):
+        if peer and not self._peer_allowed(conn, peer):
             # Quiet for now: a new neighbour's HELLO may overtake the supervisor's news of it;
             # the gate admits the claim if that news comes in time, and we warn if it does not.
             self._refuse(conn, "HELLO option 'peer' is only for this node's overlay neighbours", quiet=True)
-            if not self.gate.claim(conn.ident, conn, (name, lang, token, direct, peer), self.now):
-                self.rlog.warning(("peer-auth",), "refused peer HELLO from %s: %r is not a neighbour",
-                                  conn.ident.hex(), peer)
+            if not (self._proved_peer(conn)
+                    and self.gate.claim(conn.ident, conn, (name, lang, token, direct, peer), self.now)):
+                self.rlog.warning(("peer-auth",), "refused peer HELLO from %s: %r is not a neighbour or did not "
+                                  "prove the cluster secret", conn.ident.hex(), peer)
             return
         conn.rejected = ""
         conn.name = name
@@ -562,6 +618,9 @@ class Worker:
 
     # -- subscriptions ------------------------------------------------------
     def _on_sub(self, conn: Connection, sid: int, pattern: str, group, req, cluster: bool):
+        if conn.perms is not None and not conn.perms.may_subscribe(pattern):
+            self._denied(conn, f"subscribe to {pattern!r}", req)
+            return
         old = conn.subs.get(sid)
         same = old is not None and old.pattern == pattern and old.group == group
         if same and not cluster:
@@ -719,6 +778,8 @@ class Worker:
                 self._bus_send(bus.SUP, pack([bus.SYNC_ACK, self.index, cmd[2]]))
             elif kind == bus.CONFIRMED:
                 self._acked(bus.SUPERVISOR, cmd[2])
+            elif kind == bus.USERS:
+                self._reload_users(cmd[2])
             elif kind == bus.CLUSTER_SNAPSHOT:
                 if cmd[2] == self.epoch:
                     self._set_peers(cmd[3])
@@ -860,6 +921,7 @@ class Worker:
             sock.setsockopt(zmq.SNDHWM, self.spec.get("client_hwm", 1000))
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            self.sec.peer_client(sock, info.get("ck"))
             sock.connect(endpoint)
             link = self.peer_links[pid] = PeerLink(pid, info.get("name", ""), sock, self.spec["node_id"])
             sock.send(self._peer_hello())
@@ -868,7 +930,7 @@ class Worker:
 
     def _peer_hello(self) -> bytes:
         return pack([HELLO, protocol.VERSION, {"name": "peer:" + self.spec["node_name"], "lang": "tscale-node",
-                                               "token": self.token or None, "direct": False,
+                                               "direct": False,
                                                "peer": self.spec["node_id"]}])
 
     def _drain_peer(self, sock):
@@ -965,6 +1027,29 @@ class Worker:
             conn.ctl[:] = [notice]
         else:
             conn.ctl.append(notice)
+
+    def _denied(self, conn: Connection, what: str, req, n: int = 1):
+        """A permission violation: a non-fatal error naming the subject; counted per user."""
+        user = conn.user or "anonymous"
+        self.violations[user] = self.violations.get(user, 0) + n
+        self._error(conn, protocol.E_PERMISSION_DENIED, f"user {user!r} may not {what}", req)
+
+    def _reload_users(self, users_doc):
+        """The supervisor reloaded the users file: new handshakes and every connection follow it."""
+        if self.zap_gate is None:
+            return
+        self.zap_gate.set_users(users_doc)
+        for conn in list(self.conns.values()):
+            if not self.zap_gate.known(conn.user):
+                conn.rejected = protocol.E_NOT_AUTHORIZED
+                self._drop_subs(conn)
+                continue
+            access.attach(conn, self.zap_gate.perms(conn.user))
+            if conn.perms is not None:
+                for s in [s for s in conn.subs.values() if not conn.perms.may_subscribe(s.pattern)]:
+                    self._unsubscribe(conn, s)
+                    self._denied(conn, f"subscribe to {s.pattern!r} (dropped after a users file reload)", None)
+        self.log.info("users file reloaded: %d users", len(self.zap_gate.users or {}))
 
     def _error(self, conn: Connection, code: str, message: str, req=None, quiet: bool = False):
         conn.errors += 1
@@ -1093,6 +1178,7 @@ class Worker:
             **self.stats,
             "slow_clients": [{"client": c.label(), "dropped": c.drops, "pending_bytes": c.ob.pending_bytes(),
                               "disconnected": c.rejected == protocol.E_SLOW_CONSUMER} for c in slow],
+            "permission_denied": dict(self.violations),
             "peers": peers,
             "queues": self.queues.figures(),
         }

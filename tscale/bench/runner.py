@@ -47,6 +47,7 @@ class Flow:
     workers: int = 1
     nodes: int = 1             # > 1: a chain of nodes, publishers on one end, subscribers on the other
     confirm: str | None = None  # subscribers: wait for this interest confirmation ("cluster") before READY
+    curve: bool = False        # tscale only: the node runs --curve, the clients CURVE with its key
 
     @property
     def sent(self) -> int:
@@ -75,10 +76,11 @@ class Runner:
         return path
 
     def _spawn(self, rundir: Path, role: str, system: System, addr: str, args: dict,
-               label: str) -> procs.Child:
+               label: str, server=None) -> procs.Child:
         argv = [sys.executable, "-m", "tscale.bench.driver", role, system.key, addr,
                 json.dumps(args)]
-        return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=driver_env())
+        env = dict(driver_env(), **(getattr(server, "client_env", None) or {}))
+        return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=env)
 
     @staticmethod
     def _all_ready(children: list[procs.Child], deadline_s: float = READY_DEADLINE) -> None:
@@ -93,7 +95,7 @@ class Runner:
         if flow.nodes > 1:
             server = system.start_chain(rundir, flow.nodes, workers=flow.workers)
         else:
-            server = system.start(rundir, workers=flow.workers)
+            server = system.start(rundir, workers=flow.workers, **({"curve": True} if flow.curve else {}))
         children: list[procs.Child] = []
         try:
             topology = dict(pubs=len(flow.pubs), subs=len(flow.subs),
@@ -107,7 +109,7 @@ class Runner:
                     args["confirm"] = flow.confirm
                 if s.connections > 1:
                     args["connections"] = s.connections
-                subs.append(self._spawn(rundir, "sub", system, server.sub_addr, args, f"sub{i}"))
+                subs.append(self._spawn(rundir, "sub", system, server.sub_addr, args, f"sub{i}", server))
             children += subs
             self._all_ready(subs)
             pubs = []
@@ -115,7 +117,7 @@ class Runner:
                 args = dict(name=p.name, count=p.count, size=flow.size, topology=topology)
                 if p.names:
                     args["names"] = p.names
-                pubs.append(self._spawn(rundir, "pub", system, server.pub_addr, args, f"pub{i}"))
+                pubs.append(self._spawn(rundir, "pub", system, server.pub_addr, args, f"pub{i}", server))
             children += pubs
             self._all_ready(pubs)
 
@@ -163,17 +165,17 @@ class Runner:
     # ------------------------------------------------------------ request/reply
 
     def reqrep(self, system: System, count: int, size: int, rate: float | None,
-               timeout: float = 1.0) -> dict:
+               timeout: float = 1.0, curve: bool = False) -> dict:
         rundir = self._rundir(f"{system.key}-reqrep")
-        server = system.start(rundir)
+        server = system.start(rundir, **({"curve": True} if curve else {}))
         children = []
         try:
-            rep = self._spawn(rundir, "rep", system, server.addr, dict(name="svc.echo"), "rep")
+            rep = self._spawn(rundir, "rep", system, server.addr, dict(name="svc.echo"), "rep", server)
             children.append(rep)
             self._all_ready([rep])
             req = self._spawn(rundir, "req", system, server.addr,
                               dict(name="svc.echo", count=count, size=size, rate=rate,
-                                   timeout=timeout), "req")
+                                   timeout=timeout), "req", server)
             children.append(req)
             self._all_ready([req])
             cpu0 = server.cpu_seconds()

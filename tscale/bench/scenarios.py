@@ -118,6 +118,18 @@ def _workers(workers: int):
     return build
 
 
+def _curve_flow(size: int, curve: bool):
+    def build(n: int) -> Flow:
+        f = _one_to_one(size)(n)
+        return Flow(f.size, f.pubs, f.subs, expected=f.expected, curve=curve)
+    return build
+
+
+def _curve_variants(c: Counts) -> list[Variant]:
+    return [Variant(f"{size_label} {mode}", _flow(_curve_flow(size, mode == "CURVE"), lambda c: c.events, c))
+            for size, size_label in ((128, "128 B"), (4096, "4 KiB")) for mode in ("plain", "CURVE")]
+
+
 def _chain(nodes: int):
     """1 -> 1, 128 B; with nodes > 1 the publisher is on one end of a chain, the subscriber on the
     other, and the subscription is confirmed across the cluster before the publisher starts."""
@@ -291,6 +303,18 @@ SCENARIOS: list[Scenario] = [
              lambda c: [Variant(SINGLE, _flow(_chain(1), lambda c: c.events, c)),
                         Variant(CHAIN, _flow(_chain(CHAIN_NODES), lambda c: c.events, c))],
              only=("tscale",), paired=True, not_applicable=(("nats", NATS_NA),)),
+    Scenario("curve", "CURVE encryption on vs off, 1 → 1", THROUGHPUT, PUBSUB,
+             "tscale only: the same 1 → 1 flow through a node without security and through a node "
+             "started with --curve (clients connect with its public key; no users file, so ZAP "
+             "accepts every key), 128 B and 4 KiB, measured back to back in each run; the ratio is "
+             "each variant ÷ plain 128 B (target for CURVE 128 B: ≥ 0.85×).",
+             _curve_variants, only=("tscale",), paired=True),
+    Scenario("curve_reqrep", "Request/reply with CURVE on vs off, 128 B", LATENCY, REQREP,
+             "tscale only: the request/reply round trip (one in flight, back to back) through a "
+             "node without security and through a --curve node.",
+             lambda c: [Variant("plain", lambda r, s: r.reqrep(s, c.requests, 128, None)),
+                        Variant("CURVE", lambda r, s: r.reqrep(s, c.requests, 128, None, curve=True))],
+             only=("tscale",)),
 ]
 
 BY_KEY = {s.key: s for s in SCENARIOS}

@@ -38,6 +38,7 @@ class Server:
     tree: procs.Tree | None = None
     log: Path | None = None
     loss_patterns: tuple[str, ...] = ()
+    client_env: dict | None = None    # extra environment of the driver processes (TSCALE_SERVER_KEY)
 
     def loss_notes(self) -> list[str]:
         """Server-log lines that explain loss (slow consumers, output buffer limits), counted."""
@@ -320,8 +321,9 @@ class Tscale(System):
         return None
 
     def start(self, rundir, workers=1, *, cluster: str | None = None, join: str | None = None,
-              name: str | None = None, env: dict | None = None):
+              name: str | None = None, env: dict | None = None, curve: bool = False):
         import tscale
+        from tscale import keys
 
         port = procs.free_port(span=workers + 1)   # workers, then the cluster control port
         addr = f"127.0.0.1:{port}"
@@ -336,18 +338,26 @@ class Tscale(System):
             argv += ["--join", join]
         if name:
             argv += ["--name", name]
+        server_key = None
+        if curve:   # the node's key pair, written before the start so the clients know the public key
+            server_key, secret = keys.new_client_pair()
+            keys.write_pair(str(data_dir / keys.NODE_KEY_FILE), server_key, secret, "bench node key")
+            argv += ["--curve"]
 
         def accepts_client() -> bool:
             if not all(procs.tcp_accepts(port + i) for i in range(workers)):
                 return False
-            client = tscale.Client(addr, name="bench-probe")  # ConnectError -> retried
+            client = tscale.Client(addr, name="bench-probe", server_key=server_key)  # ConnectError -> retried
             client.close()
             return True
 
         log = rundir / f"tscale-node-{name + '-' if name else ''}{port}.log"
         proc = _start_process(argv, log, f"tscale node {name or ''}".strip(), accepts_client,
                               env=env or driver_env())
-        return self._server(addr, proc, log)
+        server = self._server(addr, proc, log)
+        if server_key:
+            server.client_env = {"TSCALE_SERVER_KEY": server_key}
+        return server
 
     def start_chain(self, rundir, nodes=3, workers=1):
         """``nodes`` nodes of a fresh cluster on 127.0.0.1 linked as a chain, in path order.

@@ -6,6 +6,7 @@ The sync client batches publishes itself, so the publisher is a plain loop.
 """
 from __future__ import annotations
 
+import os
 import time
 
 from tscale.bench.measure import (RecvCounter, Signals, chunks, cycle_names, merged_result, payload,
@@ -17,7 +18,8 @@ FLUSH_TIMEOUT = 120.0
 def _client(addr: str, name: str):
     import tscale  # imported late: a broken tscale must not break the other systems
 
-    return tscale.Client(addr, name=name)
+    # A CURVE node (the "curve" scenarios): the harness gives its public key in the environment.
+    return tscale.Client(addr, name=name, server_key=os.environ.get("TSCALE_SERVER_KEY") or None)
 
 
 def run_publisher(addr: str, name: str, count: int | None, size: int, *, names: int = 0,
