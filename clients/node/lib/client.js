@@ -138,7 +138,8 @@ class Client extends EventEmitter {
     this._opts = opts;
     this._core = new ClientCore({ name: opts.name || '', token: opts.token ?? null, lang: 'node', version });
     [this._host] = parseAddress(server);
-    this._lanes = [];
+    this._lanes = [];               // by worker index
+    this._allLanes = [];            // every socket made, for closing
     this._waiters = new Map();      // req -> {resolve, reject}
     this._subs = new Map();         // sid -> Subscription
     this._inbox = null;             // shared request inbox, made on the first request()
@@ -188,7 +189,8 @@ class Client extends EventEmitter {
 
   _addLane(k, port) {
     const lane = new Lane(k, this._socket(port));
-    this._lanes[k] = lane;
+    this._allLanes.push(lane);
+    if (k >= 0) this._lanes[k] = lane;
     this._readLoop(lane);
     return lane;
   }
@@ -199,7 +201,6 @@ class Client extends EventEmitter {
     const welcome = await this._greet(first, timeoutMs);
     this._core.welcome(welcome);
     const me = welcome[2].worker;
-    this._lanes = [];
     first.k = me;
     this._lanes[me] = first;
     const others = [];
@@ -457,7 +458,7 @@ class Client extends EventEmitter {
 
   _destroy() {
     this._closed = true;
-    for (const lane of this._lanes) if (lane && !lane.sock.closed) lane.sock.close();
+    for (const lane of this._allLanes) if (!lane.sock.closed) lane.sock.close();
   }
 }
 
