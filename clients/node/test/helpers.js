@@ -14,6 +14,8 @@ const PYTHON = process.env.TSCALE_PYTHON || path.join(REPO, '.venv', 'bin', 'pyt
 const DEADLINE = 20000;
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+/** Resolves 'timeout' after ms without keeping the process alive (a deadline, not a wait). */
+const timeout = (ms) => new Promise((r) => setTimeout(r, ms, 'timeout').unref());
 
 async function waitUntil(pred, what, timeoutMs = DEADLINE, intervalMs = 20) {
   const end = Date.now() + timeoutMs;
@@ -96,7 +98,7 @@ class Node {
   async stop() {
     if (!this.proc || this.proc.exitCode !== null) return;
     try { process.kill(-this.proc.pid, 'SIGTERM'); } catch { return; }
-    const t = sleep(10000).then(() => 'timeout');
+    const t = timeout(10000);
     if ((await Promise.race([this.exited, t])) === 'timeout') {
       try { process.kill(-this.proc.pid, 'SIGKILL'); } catch { /* gone */ }
       await this.exited;
@@ -134,7 +136,7 @@ class Py {
   async stop() {
     if (this.proc.exitCode === null) {
       this.proc.stdin.end();
-      const t = sleep(10000).then(() => 'timeout');
+      const t = timeout(10000);
       if ((await Promise.race([this.exited, t])) === 'timeout') this.proc.kill('SIGKILL');
     }
   }
