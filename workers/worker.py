@@ -126,6 +126,9 @@ class Worker:
         ctx = self.ctx
         r = self.router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
+        # A client reconnecting with its fixed routing id (its old TCP connection died unnoticed)
+        # takes the id over at once instead of being ignored until heartbeats drop the old one.
+        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
         r.setsockopt(zmq.SNDHWM, spec.get("client_hwm", 1000))
         r.setsockopt(zmq.RCVHWM, 10000)
         r.setsockopt(zmq.LINGER, 0)
