@@ -3,10 +3,11 @@
 // client, docs/PROTOCOL.md section 8), async/await for everything that waits
 // for the node, async iterators for subscriptions.
 //
-// publish() only appends to the owner worker's batch and schedules a write for
-// the end of the current tick, so a synchronous burst of publish() calls leaves
-// as a few large frames and a lone event leaves at once.  One writer per
-// socket sends frames in order (zeromq allows one pending send per socket).
+// publish() appends to the owner worker's batch and starts that socket's writer
+// if it is idle, so a lone event leaves at once; while a send is in progress
+// (until the writer's next turn), further events pile up in the batch, so a
+// synchronous burst of publish() calls leaves as a few large frames.  One writer
+// per socket sends frames in order (zeromq allows one pending send per socket).
 const crypto = require('node:crypto');
 const { EventEmitter } = require('node:events');
 const zmq = require('zeromq');
@@ -109,7 +110,6 @@ class Lane {
     this.q = [];             // frames to send, in order
     this.up = true;          // false between a disconnect and the next connect
     this.writing = false;
-    this.scheduled = false;
     this.connects = 0;
     this.welcome = null;     // resolve function of a pending handshake
     this.dropped = 0;        // frames given up while the worker was unreachable
@@ -239,9 +239,7 @@ class Client extends EventEmitter {
 
   // -- output ------------------------------------------------------------------
   _schedule(lane) {
-    if (lane.scheduled || lane.writing) return;
-    lane.scheduled = true;
-    setImmediate(() => { lane.scheduled = false; this._write(lane); });
+    if (!lane.writing) this._write(lane);
   }
 
   async _write(lane) {
@@ -346,7 +344,7 @@ class Client extends EventEmitter {
       : core.addEvent(name, data, opts.headers ?? null, opts.reply ?? null);
     const lane = this._lanes[k < 0 ? -1 - k : k];
     if (k < 0) lane.q.push(core.takeBatch(lane.k));
-    if (!lane.scheduled && !lane.writing) this._schedule(lane);
+    if (!lane.writing) this._write(lane);
   }
 
   /** Resolves once every worker has routed everything this client sent before (PING/PONG). */
