@@ -147,6 +147,7 @@ class Client extends EventEmitter {
     this._replyCount = 0;
     this._closed = false;
     this.lastError = null;
+    this.badFrames = 0;             // frames (or MSG events) from the node that broke the protocol, dropped
   }
 
   get info() { return { ...this._core.info }; }
@@ -285,14 +286,21 @@ class Client extends EventEmitter {
 
   // -- input -------------------------------------------------------------------
   _onFrame(lane, frame) {
-    const cmd = P.unpack(frame);
-    if (cmd === null) return;     // not a frame of this protocol: dropped
+    const [cmd, why] = P.decodeNodeFrame(frame);
+    if (cmd === null) {           // not a frame this client may trust: dropped and counted
+      this._badFrame(lane, why);
+      return;
+    }
     const code = cmd[0];
     if (code === P.MSG) {
       const subs = this._subs;
-      for (let i = 1; i + 3 < cmd.length; i += 4) {
+      for (let i = 1; i < cmd.length; i += 4) {
         const sub = subs.get(cmd[i]);
         if (sub === undefined) continue;   // unsubscribed while in flight
+        if (!P.msgEventOk(cmd, i)) {
+          this._badFrame(lane, 'MSG event is not (int sid, str name, bin payload, meta)');
+          continue;
+        }
         const meta = cmd[i + 3];
         const p = cmd[i + 2];
         const data = Buffer.from(p.buffer, p.byteOffset, p.byteLength);
@@ -317,6 +325,11 @@ class Client extends EventEmitter {
       if (lane.welcome) lane.welcome.resolve(cmd);
       else this._rewelcome(cmd);
     }
+  }
+
+  _badFrame(lane, why) {
+    this.badFrames++;
+    this._asyncError(new TscaleError(`dropped a frame from worker ${lane.k}: ${why}`));
   }
 
   _rewelcome(cmd) {

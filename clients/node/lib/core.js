@@ -172,7 +172,7 @@ class ClientCore {
   nextReq() { return this.nextReqId++; }
 
   static errorOf(cmd) {
-    return new ServerError(String(cmd[1]), String(cmd[2]), cmd.length > 4 ? Boolean(cmd[4]) : false);
+    return new ServerError(String(cmd[1]), String(cmd[2]), cmd[4] === true);
   }
 
   static isNoResponders(headers) {

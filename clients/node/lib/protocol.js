@@ -108,8 +108,71 @@ function groupError(group) {
   return null;
 }
 
+// -- frames from the node: one decoder, shape checked before any handler sees it --------
+const isInt = Number.isInteger;
+const isStrMap = (v) => v !== null && typeof v === 'object' && !Array.isArray(v) && !(v instanceof Uint8Array);
+
+function metaError(meta) {
+  if (meta === null) return null;
+  if (!Array.isArray(meta) || meta.length !== 2) return 'meta must be nil or [headers, reply]';
+  const [headers, reply] = meta;
+  if (headers !== null) {
+    if (!isStrMap(headers)) return 'headers must be a map';
+    for (const k in headers) if (typeof headers[k] !== 'string') return 'header values must be strings';
+  }
+  if (reply !== null && typeof reply !== 'string') return 'reply must be a string';
+  return null;
+}
+
+// Per command code: why a frame of that code is not what PROTOCOL.md promises, or null.
+const NODE_FRAME_ERRORS = {
+  [MSG]: (cmd) => ((cmd.length - 1) % 4 ? 'MSG carries (sid, name, payload, meta) quadruples' : null),
+  [WELCOME]: (cmd) => {
+    const info = cmd[2];
+    if (cmd.length < 3 || !isStrMap(info)) return 'WELCOME is [16, version, info]';
+    const { ports, shard } = info;
+    if (!Array.isArray(ports) || ports.length === 0 || ports.length > 256 ||
+        !ports.every((p) => isInt(p) && p > 0 && p < 65536)) {
+      return 'WELCOME ports must be TCP ports';
+    }
+    if (!isStrMap(shard) || shard.hash !== 'crc32' || shard.count !== ports.length) {
+      return 'WELCOME shard must be {hash: "crc32", count: len(ports)}';
+    }
+    if (!isInt(info.max_payload) || info.max_payload < 1) return 'WELCOME max_payload must be a positive int';
+    if (!isInt(info.worker) || info.worker < 0 || info.worker >= ports.length) return 'WELCOME worker out of range';
+    return null;
+  },
+  [OK]: (cmd) => (cmd.length < 2 ? 'OK is [18, req]' : null),
+  [PONG]: (cmd) => (cmd.length < 2 ? 'PONG is [6, token]' : null),
+  [PING]: () => null,
+  [ERR]: (cmd) => (cmd.length < 3 || typeof cmd[1] !== 'string' || typeof cmd[2] !== 'string'
+    ? 'ERR is [19, code, message, req, fatal]' : null),
+  [STATUS_REPLY]: (cmd) => (cmd.length < 3 || !isStrMap(cmd[2]) ? 'STATUS_REPLY is [20, req, status]' : null),
+};
+
+/** Is MSG quadruple i (int sid, str name, bin payload, meta) well formed? Bad ones are dropped alone. */
+function msgEventOk(cmd, i) {
+  return isInt(cmd[i]) && typeof cmd[i + 1] === 'string' && cmd[i + 2] instanceof Uint8Array &&
+    (cmd[i + 3] === null || metaError(cmd[i + 3]) === null);
+}
+
+/**
+ * Decode and check one frame from a node: [cmd, null] for a frame handlers may trust,
+ * or [null, reason] (not msgpack, not a command array, a shape PROTOCOL.md does not allow,
+ * or a code a node does not send to clients: a newer node's frames are ignored).
+ * MSG events are checked one by one by the receiver with msgEventOk (no second pass).
+ */
+function decodeNodeFrame(frame) {
+  const cmd = unpack(frame);
+  if (cmd === null) return [null, 'not a msgpack array starting with a command code'];
+  const check = NODE_FRAME_ERRORS[cmd[0]];
+  if (check === undefined) return [null, `command code ${cmd[0]} is not sent to clients`];
+  const e = check(cmd);
+  return e ? [null, e] : [cmd, null];
+}
+
 module.exports = {
   VERSION, HELLO, PUB, SUB, UNSUB, PING, PONG, STATUS, BYE, WELCOME, MSG, OK, ERR, STATUS_REPLY,
   E, FATAL_ERRORS: new Set([E.BAD_VERSION, E.NOT_AUTHORIZED]), STATUS_HEADER, NO_RESPONDERS_STATUS,
-  pack, unpack, crc32, shardOf, nameError, patternError, isLiteral, groupError, MAX_NAME_LEN, MAX_GROUP_LEN,
+  pack, unpack, decodeNodeFrame, msgEventOk, metaError, crc32, shardOf, nameError, patternError, isLiteral, groupError, MAX_NAME_LEN, MAX_GROUP_LEN,
 };
