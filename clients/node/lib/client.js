@@ -110,7 +110,6 @@ class Lane {
     this.q = [];             // frames to send, in order
     this.up = true;          // false between a disconnect and the next connect
     this.writing = false;
-    this.connects = 0;
     this.welcome = null;     // resolve function of a pending handshake
     this.dropped = 0;        // frames given up while the worker was unreachable
   }
@@ -214,7 +213,6 @@ class Client extends EventEmitter {
 
   _watch(lane) {
     const ev = lane.sock.events;
-    lane.connects = 1;
     ev.on('disconnect', () => {
       if (this._closed) return;
       lane.up = false;

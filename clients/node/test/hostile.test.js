@@ -9,7 +9,7 @@ const tscale = require('..');
 const P = require('../lib/protocol');
 const { freePortBlock, waitUntil } = require('./helpers');
 
-test('frames that break the protocol are dropped and counted; the client keeps serving', async (t) => {
+test('frames that break the protocol are dropped and counted; the client keeps serving and answers PING', async (t) => {
   const port = await freePortBlock(1);
   const router = new zmq.Router({ linger: 0 });
   await router.bind(`tcp://127.0.0.1:${port}`);
@@ -66,4 +66,6 @@ test('frames that break the protocol are dropped and counted; the client keeps s
   c.publish('a.b', 'after');
   await waitUntil(() => seen.some((cmd) => cmd[0] === P.PUB && cmd[1] === 'a.b'), 'a publish after the attack');
   assert.deepEqual(c.info.ports, [port], 'a bad WELCOME changed nothing');
+  await router.send([peer, P.pack([P.PING, 0])]);              // the node's liveness probe
+  await waitUntil(() => seen.some((cmd) => cmd[0] === P.PONG && cmd[1] === 0), 'PONG to the node\'s PING');
 });
