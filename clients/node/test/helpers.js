@@ -65,15 +65,28 @@ class Node {
 
   get addr() { return `127.0.0.1:${this.port}`; }
 
+  /** Start and wait until every worker serves; a port taken meanwhile (another test run) earns a new block. */
   async start() {
-    this.port = await freePortBlock(this.workers + 1);
-    const args = ['-m', 'tscale.cli', 'up', '--listen', this.addr, '--no-discovery', '--workers', String(this.workers),
-      '--data-dir', path.join(this.dir, 'data'), ...(this.token ? ['--token', this.token] : []), ...this.extra];
-    this.log = fs.openSync(path.join(this.dir, 'node.log'), 'a');
-    this.proc = spawn(PYTHON, args, { cwd: this.dir, env: cleanEnv(), detached: true, stdio: ['ignore', this.log, this.log] });
-    this.exited = new Promise((r) => this.proc.once('exit', r));
-    await waitUntil(() => this._ready(), `node on ${this.addr} to report all workers alive`, 45000, 100);
-    return this;
+    for (let attempt = 1; ; attempt++) {
+      this.port = await freePortBlock(this.workers + 1);
+      const args = ['-m', 'tscale.cli', 'up', '--listen', this.addr, '--no-discovery', '--workers', String(this.workers),
+        '--data-dir', path.join(this.dir, 'data'), ...(this.token ? ['--token', this.token] : []), ...this.extra];
+      this.log = fs.openSync(path.join(this.dir, 'node.log'), 'a');
+      this.proc = spawn(PYTHON, args, { cwd: this.dir, env: cleanEnv(), detached: true, stdio: ['ignore', this.log, this.log] });
+      this.exited = new Promise((r) => this.proc.once('exit', r));
+      try {
+        await waitUntil(() => {
+          if (this.proc.exitCode !== null) return 'exited';
+          return this._ready();
+        }, `node on ${this.addr} to report all workers alive`, 45000, 100).then((v) => {
+          if (v === 'exited') throw new Error(`node exited with ${this.proc.exitCode}: ${this.logText().slice(-2000)}`);
+        });
+        return this;
+      } catch (e) {
+        await this.stop();
+        if (attempt >= 3 || !/could not bind|Address already in use/.test(this.logText())) throw e;
+      }
+    }
   }
 
   logText() { try { return fs.readFileSync(path.join(this.dir, 'node.log'), 'utf8'); } catch { return ''; } }
@@ -96,14 +109,14 @@ class Node {
   }
 
   async stop() {
-    if (!this.proc || this.proc.exitCode !== null) return;
-    try { process.kill(-this.proc.pid, 'SIGTERM'); } catch { return; }
-    const t = timeout(10000);
-    if ((await Promise.race([this.exited, t])) === 'timeout') {
-      try { process.kill(-this.proc.pid, 'SIGKILL'); } catch { /* gone */ }
-      await this.exited;
+    if (this.proc && this.proc.exitCode === null) {
+      try { process.kill(-this.proc.pid, 'SIGTERM'); } catch { /* gone */ }
+      if ((await Promise.race([this.exited, timeout(10000)])) === 'timeout') {
+        try { process.kill(-this.proc.pid, 'SIGKILL'); } catch { /* gone */ }
+        await this.exited;
+      }
     }
-    fs.closeSync(this.log);
+    if (this.log !== undefined) { fs.closeSync(this.log); this.log = undefined; }
   }
 }
 
