@@ -4,8 +4,7 @@ const test = require('node:test');
 const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const tscale = require('..');
-const { Node, waitUntil, uniq } = require('./helpers');
-const { shardOf } = require('../lib/protocol');
+const { Node, waitUntil, uniq, nameFor } = require('./helpers');
 
 let node, c;
 test.before(async () => {
@@ -17,10 +16,6 @@ test.after(async () => {
   if (node) await node.stop();
 });
 
-/** A name `prefix.N` owned by worker `owner` of `count`. */
-function nameFor(owner, count, prefix) {
-  for (let i = 0; ; i++) if (shardOf(`${prefix}.${i}`, count) === owner) return `${prefix}.${i}`;
-}
 
 test('WELCOME gives the shard map; the client holds one connection per worker', async () => {
   assert.deepEqual(c.info.ports, [node.port, node.port + 1]);

@@ -8,6 +8,7 @@ const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
 const tscale = require('..');
+const { shardOf } = require('../lib/protocol');
 
 const REPO = path.resolve(__dirname, '..', '..', '..');
 const PYTHON = process.env.TSCALE_PYTHON || path.join(REPO, '.venv', 'bin', 'python');
@@ -159,4 +160,9 @@ let counter = 0;
 /** A fresh first token, so tests sharing a node never see each other's events. */
 const uniq = (p = 't') => `${p}${process.pid.toString(36)}x${(counter++).toString(36)}${Math.random().toString(36).slice(2, 8)}`;
 
-module.exports = { Node, Py, PYTHON, REPO, waitUntil, sleep, uniq, freePortBlock };
+/** The first name `prefix.N` owned by worker `owner` of `count` (the shard rule of PROTOCOL.md section 8). */
+function nameFor(owner, count, prefix) {
+  for (let i = 0; ; i++) if (shardOf(`${prefix}.${i}`, count) === owner) return `${prefix}.${i}`;
+}
+
+module.exports = { Node, Py, PYTHON, REPO, waitUntil, sleep, uniq, freePortBlock, nameFor };

@@ -4,12 +4,8 @@
 const test = require('node:test');
 const assert = require('node:assert/strict');
 const tscale = require('..');
-const { Node, Py, waitUntil, uniq } = require('./helpers');
-const { shardOf } = require('../lib/protocol');
+const { Node, Py, waitUntil, uniq, nameFor } = require('./helpers');
 
-function nameFor(owner, count, prefix) {
-  for (let i = 0; ; i++) if (shardOf(`${prefix}.${i}`, count) === owner) return `${prefix}.${i}`;
-}
 
 for (const token of [null, 's3cret']) {
 test(`a SIGKILLed worker comes back and the node client resumes subscriptions and requests${token ? ' (--token node)' : ''}`, async (t) => {
