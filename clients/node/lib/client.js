@@ -152,6 +152,8 @@ class Client extends EventEmitter {
   get info() { return { ...this._core.info }; }
   get maxPayload() { return this._core.maxPayload; }
   get closed() { return this._closed; }
+  /** Frames given up because their worker stayed unreachable while more than 1024 waited for it. */
+  get droppedWhileDown() { return this._allLanes.reduce((n, l) => n + l.dropped, 0); }
 
   // -- connection --------------------------------------------------------------
   // CURVE keys and other socket-level credentials belong here when the node supports them.
@@ -247,7 +249,8 @@ class Client extends EventEmitter {
     const core = this._core;
     try {
       while (lane.up && !lane.sock.closed) {
-        let f = lane.q.length ? lane.q.shift() : core.takeBatch(lane.k);
+        // (lane.k is -1 for the first socket until its WELCOME says which worker it is)
+        const f = lane.q.length ? lane.q.shift() : lane.k >= 0 ? core.takeBatch(lane.k) : null;
         if (f === null) break;
         await lane.sock.send(f);
       }
@@ -259,10 +262,9 @@ class Client extends EventEmitter {
     }
   }
 
+  /** While its worker is unreachable a lane keeps its newest MAX_DOWN_FRAMES frames (events keep batching). */
   _trimDown(lane) {
-    const b = this._core.takeBatch(lane.k);
-    if (b) lane.q.push(b);
-    while (lane.q.length > MAX_DOWN_FRAMES) { lane.q.splice(1, 1); lane.dropped++; }
+    while (lane.q.length > MAX_DOWN_FRAMES) { lane.q.shift(); lane.dropped++; }
   }
 
   /** Send a frame to worker k behind the events already batched for it (keeps order). */
