@@ -24,7 +24,8 @@ DEFAULT_PREAMBLE = """# Benchmarks
 
 tscale side by side with NATS (nats-server + nats-py), Redis pub/sub (redis-py + hiredis)
 and raw pyzmq (the ceiling for any router built on pyzmq + msgpack), all on 127.0.0.1 on
-one machine. Every process (publishers, server, subscribers) shares the same cores, so
+one machine. Two sections use Node.js client processes instead (the tscale Node client of
+clients/node beside nats.js, on the same servers); they need node and `npm ci` in clients/node. Every process (publishers, server, subscribers) shares the same cores, so
 absolute figures are low and noisy: compare the ratios measured in one run.
 
 How it measures: each run starts a fresh server; subscribers are separate processes that

