@@ -151,6 +151,9 @@ class Worker:
         ctx = self.ctx
         r = self.router = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)      # learn about gone or full peers instead of silent drops
+        # A client reconnecting with its fixed routing id (its old TCP connection died unnoticed)
+        # takes the id over at once instead of being ignored until heartbeats drop the old one.
+        r.setsockopt(zmq.ROUTER_HANDOVER, 1)
         r.setsockopt(zmq.SNDHWM, self.hwm + CONTROL_HEADROOM)   # events use at most client_hwm of it
         # pyzmq copies frames under copy_threshold (64 KiB) even with copy=False and then hands back a
         # tracker that is already done: the watermark frames (Outbound) must really be tracked.

@@ -24,7 +24,8 @@ DEFAULT_PREAMBLE = """# Benchmarks
 
 tscale side by side with NATS (nats-server + nats-py), Redis pub/sub (redis-py + hiredis)
 and raw pyzmq (the ceiling for any router built on pyzmq + msgpack), all on 127.0.0.1 on
-one machine. Every process (publishers, server, subscribers) shares the same cores, so
+one machine. Two sections use Node.js client processes instead (the tscale Node client of
+clients/node beside nats.js, on the same servers); they need node and `npm ci` in clients/node. Every process (publishers, server, subscribers) shares the same cores, so
 absolute figures are low and noisy: compare the ratios measured in one run.
 
 How it measures: each run starts a fresh server; subscribers are separate processes that
@@ -38,8 +39,9 @@ Reproduce with `scripts/bench` (installs the bench extra and Redis if missing), 
 `python -m tscale.bench.harness --quick` for a smoke run.
 """
 
-SYSTEM_ORDER = ["tscale", "nats", "redis", "zmq"]
-COLORS = {"tscale": "#d62728", "nats": "#1f77b4", "redis": "#ff7f0e", "zmq": "#7f7f7f"}
+SYSTEM_ORDER = ["tscale", "nats", "redis", "zmq", "tscale-node", "nats-node"]
+COLORS = {"tscale": "#d62728", "nats": "#1f77b4", "redis": "#ff7f0e", "zmq": "#7f7f7f",
+          "tscale-node": "#ff9896", "nats-node": "#aec7e8"}
 CHART_NAMES = ("throughput.png", "latency.png", "cost.png")
 PCTS = (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9"))
 
@@ -183,14 +185,15 @@ def _throughput_section(rows: list[dict], scenario) -> list[str]:
     vs_nats = scenario.only is None
     first = _variants(rows)[0] if rows else ""
     chain = any(run.get("nodes", 1) > 1 for r in rows for run in r["runs"])
-    header = ["system", "variant", "received events/s", "× NATS" if vs_nats else f"× {first}",
+    header = ["system", "variant", "received events/s",
+              f"× {_label(scenario.baseline)}" if vs_nats else f"× {first}",
               "lost", "node CPU µs/event (all nodes)" if chain else "server CPU µs/event",
               "publisher CPU µs/event", "subscriber CPU µs/event"]
     if is_queue:
         header.append("split % per member")
     lines, failures, notes, extra = [], [], [], []
     for variant in _variants(rows):
-        nats = _find(rows, "nats", variant)
+        nats = _find(rows, scenario.baseline, variant)
         for row in _sorted([r for r in rows if r["variant"] == variant]):
             if row["status"].startswith("n/a"):
                 lines.append([f"**{_label(row['system'])}**", variant, "n/a"] + ["—"] * (len(header) - 3))
@@ -238,11 +241,11 @@ def _throughput_section(rows: list[dict], scenario) -> list[str]:
     return out
 
 
-def _measured(rows: list[dict], failures: list[dict]):
-    """(variant, row, NATS's row of that variant) for every row with runs, variant by variant;
-    rows without runs go to ``failures``."""
+def _measured(rows: list[dict], failures: list[dict], baseline: str = "nats"):
+    """(variant, row, the baseline's row of that variant: NATS unless the scenario says) for every
+    row with runs, variant by variant; rows without runs go to ``failures``."""
     for variant in _variants(rows):
-        nats = _find(rows, "nats", variant)
+        nats = _find(rows, baseline, variant)
         for row in _sorted([r for r in rows if r["variant"] == variant]):
             if row["runs"]:
                 yield variant, row, nats
@@ -255,11 +258,11 @@ def _section(header: list[str], lines: list[list[str]], failures: list[dict]) ->
     return out + [f"- {_label(r['system'])} {r['variant']}: {r['status']}" for r in failures]
 
 
-def _latency_section(rows: list[dict]) -> list[str]:
-    header = ["system", "mode", "p50 µs", "p99 µs", "p99.9 µs", "p50 ÷ NATS", "errors",
+def _latency_section(rows: list[dict], scenario) -> list[str]:
+    header = ["system", "mode", "p50 µs", "p99 µs", "p99.9 µs", f"p50 ÷ {_label(scenario.baseline)}", "errors",
               "server CPU µs/request"]
     lines, failures = [], []
-    for variant, row, nats in _measured(rows, failures):
+    for variant, row, nats in _measured(rows, failures, scenario.baseline):
         s = row["summary"]
         errors = s.get("errors", {}).get("max", 0)
         lines.append([f"**{_label(row['system'])}**", variant, _stat(s, "p50", _us),
@@ -369,7 +372,7 @@ def _markdown(results: dict, charts: list[Path], preamble: str) -> str:
         elif scenario.kind == THROUGHPUT:
             lines += _throughput_section(rows, scenario) + [""]
         elif scenario.kind == LATENCY:
-            lines += _latency_section(rows) + [""]
+            lines += _latency_section(rows, scenario) + [""]
         elif scenario.kind == COST:
             lines += _cost_section(results, rows) + [""]
         elif scenario.kind == ISOLATION:

@@ -8,8 +8,6 @@ report what they have, so loss is measured instead of hung on.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,8 +75,7 @@ class Runner:
 
     def _spawn(self, rundir: Path, role: str, system: System, addr: str, args: dict,
                label: str, server=None) -> procs.Child:
-        argv = [sys.executable, "-m", "tscale.bench.driver", role, system.key, addr,
-                json.dumps(args)]
+        argv = system.driver_argv(role, addr, args)
         env = dict(driver_env(), **(getattr(server, "client_env", None) or {}))
         return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=env)
 

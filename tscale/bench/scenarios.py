@@ -61,6 +61,7 @@ class Scenario:
     skip_reason: str | None = None          # placeholder scenarios
     paired: bool = False                    # run i of every variant back to back (ratios per run)
     not_applicable: tuple[tuple[str, str], ...] = ()   # (system, why): reported as "n/a"
+    baseline: str = "nats"                  # the system the ratio column compares with
 
 
 def _n(counts: Counts, system: System, n: int) -> int:
@@ -317,4 +318,7 @@ SCENARIOS: list[Scenario] = [
              only=("tscale",)),
 ]
 
+from tscale.bench import node_clients  # noqa: E402 - its scenarios build on the definitions above
+
+SCENARIOS += node_clients.scenarios()
 BY_KEY = {s.key: s for s in SCENARIOS}

