@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from hypothesis import given, strategies as st
 
 import tscale.cluster as cluster
+from tscale.security import Security
 from tscale.discovery import LIMITED_BROADCAST, beacon_targets
 
 Addr = namedtuple("Addr", "family address netmask broadcast ptp")
@@ -51,7 +52,7 @@ def test_derived_target_is_the_segments_broadcast(addr, prefix):
 
 def _control(listen_host: str, advertise: str = "") -> cluster.ClusterControl:
     return cluster.ClusterControl(SimpleNamespace(ctx=None), "c", listen_host, 7400, 2, [], False, 7401,
-                                  advertise, "a" * 16, "n")
+                                  advertise, "a" * 16, "n", Security())
 
 
 def test_node_on_every_interface_learns_its_address_from_peers(monkeypatch):

@@ -131,8 +131,13 @@ class Supervisor:
     def _warn_security(self):
         sec = self.security
         if not sec.cluster_secret:
-            self.log.warning("cluster %r is open: any host on the network that runs tscale can join it and see "
-                             "every event (set --cluster-key or --token; docs/SECURITY.md)", self.cfg.cluster)
+            if self.host.startswith("127.") or self.host in ("localhost", "::1"):
+                # Only processes of this host can reach a loopback node: no network-wide warning.
+                self.log.info("cluster %r is open to every process of this host (no --cluster-key or --token)",
+                              self.cfg.cluster)
+            else:
+                self.log.warning("cluster %r is open: any host on the network that runs tscale can join it and "
+                                 "see every event (set --cluster-key or --token; docs/SECURITY.md)", self.cfg.cluster)
         if sec.users_doc is not None and not sec.cluster_secret:
             self.log.warning("a users file without --token or --cluster-key: this node cannot link with other "
                              "nodes (they have no credential to present)")
