@@ -204,3 +204,32 @@ def test_link_traffic_and_rtt_of_two_nodes(tmp_path):
         assert sum(by_name(m, "tscale_peer_events_out_total").values()) >= 40
     finally:
         run.stop_all()
+
+
+def test_queue_depth_and_consumer_lag_in_metrics(monitored, clients):
+    """Durable queues appear in /metrics: depth, bytes, last sequence; a group's lag and unacked count."""
+    node, mport = monitored, monitored.mport
+    c = clients(node, name="monitored-queue")
+    q = uniq("mq")
+    c.queue_add(q, f"{q}.>", ack_wait=30)
+    for i in range(5):
+        c.publish(f"{q}.{i}", b"12345678", confirm=True)
+    cons = c.consumer(q, "g1")
+    got = []
+    wait_until(lambda: got.extend(cons.fetch(2 - len(got), timeout=1)) or len(got) == 2, what="2 deliveries")
+
+    def seen():
+        m = metrics(mport)
+        depth = {dict(k)["queue"]: v for k, v in by_name(m, "tscale_queue_messages").items()}
+        lag = {tuple(sorted(dict(k).values())): v for k, v in by_name(m, "tscale_queue_group_pending").items()}
+        acks = {tuple(sorted(dict(k).values())): v for k, v in by_name(m, "tscale_queue_group_ack_pending").items()}
+        key = tuple(sorted(("g1", q)))
+        return (depth.get(q) == 5 and lag.get(key) == 3 and acks.get(key) == 2) and m
+    m = wait_until(seen, what="queue depth 5, lag 3 and 2 unacked in /metrics")
+    assert {dict(k)["queue"]: v for k, v in by_name(m, "tscale_queue_bytes").items()}[q] == 40
+    assert {dict(k)["queue"]: v for k, v in by_name(m, "tscale_queue_last_seq").items()}[q] == 5
+    for msg in got:
+        msg.ack()
+    wait_until(lambda: {tuple(sorted(dict(k).values())): v for k, v in
+                        by_name(metrics(mport), "tscale_queue_group_ack_pending").items()}.get(tuple(sorted(("g1", q))))
+               == 0, what="acks seen in /metrics")

@@ -114,7 +114,32 @@ def link_metrics(st: dict) -> list:
     return [sent, dropped, rtt, ctl]
 
 
-PARTS = [node_metrics, worker_metrics, link_metrics]
+def queue_metrics(st: dict) -> list:
+    """Per durable queue (docs/QUEUES.md): depth, bytes, last sequence; per consumer group: lag and acks."""
+    fams = {key: GaugeMetricFamily(f"tscale_queue_{key}", doc, labels=["queue", "worker"]) for key, doc in (
+        ("messages", "Events stored in a durable queue."), ("bytes", "Payload bytes stored in a durable queue."),
+        ("last_seq", "Sequence number of the newest event a durable queue stored."))}
+    discarded = CounterMetricFamily("tscale_queue_discarded_total", "Events a full queue discarded.",
+                                    labels=["queue", "worker"])
+    group = {key: GaugeMetricFamily(f"tscale_queue_group_{key}", doc, labels=["queue", "group"]) for key, doc in (
+        ("pending", "Events of the queue a consumer group has not been given yet (its lag)."),
+        ("ack_pending", "Events delivered to a consumer group and not acknowledged yet."))}
+    group_total = {key: CounterMetricFamily(f"tscale_queue_group_{key}_total", doc, labels=["queue", "group"])
+                   for key, doc in (("redelivered", "Redeliveries to a consumer group."),
+                                    ("dead_lettered", "Events a consumer group gave up on (sent to $DLQ)."))}
+    for w in st.get("workers", []):
+        for name, q in sorted((w.get("queues") or {}).items()):
+            labels = [name, str(w.get("index"))]
+            for key, fam in fams.items():
+                fam.add_metric(labels, q.get(key, 0))
+            discarded.add_metric(labels, q.get("discarded", 0))
+            for gname, g in sorted((q.get("groups") or {}).items()):
+                for key, fam in list(group.items()) + list(group_total.items()):
+                    fam.add_metric([name, gname], g.get(key, 0))
+    return list(fams.values()) + [discarded] + list(group.values()) + list(group_total.values())
+
+
+PARTS = [node_metrics, worker_metrics, link_metrics, queue_metrics]
 
 
 class NodeCollector:
