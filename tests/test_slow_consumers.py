@@ -174,7 +174,12 @@ def test_control_replies_are_never_lost(make_node):
         closed = None
         while sent < N_SUBS or outstanding:
             while sent < N_SUBS and len(outstanding) < WINDOW:
-                s.send(pack([protocol.SUB, sent, f"{P}.{sent}", None, sent]))   # literal: half proxied
+                # Never block in send: a client stuck sending while its replies fill its tiny receive
+                # side would deadlock itself, not the node.  When ZeroMQ takes no more, read first.
+                try:
+                    s.send(pack([protocol.SUB, sent, f"{P}.{sent}", None, sent]), zmq.NOBLOCK)   # literal: half proxied
+                except zmq.Again:
+                    break
                 outstanding.add(sent)
                 sent += 1
             assert s.poll(10_000), f"{len(outstanding)} SUBs unanswered for 10 s and nothing else came: lost"
