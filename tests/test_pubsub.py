@@ -298,4 +298,5 @@ def test_subscribe_without_wait_is_in_place_after_flush(node2, clients):
     assert sorted(star.next_msg(timeout=DEADLINE).name for _ in probe) == sorted(f"{P}.{i}" for i in probe)
     for s in subs[:10]:
         s.unsubscribe()
-    wait_until(lambda: subs_now() == before - 10, what="status to count the 10 removed")
+    # node2 is shared: another test's client may still be leaving, so at most, not exactly, before - 10
+    wait_until(lambda: subs_now() <= before - 10, what="status to count the 10 removed")
