@@ -156,9 +156,12 @@ class Client extends EventEmitter {
   get droppedWhileDown() { return this._allLanes.reduce((n, l) => n + l.dropped, 0); }
 
   // -- connection --------------------------------------------------------------
-  // CURVE keys and other socket-level credentials belong here when the node supports them.
+  // Credentials travel in the ZeroMQ handshake (docs/PROTOCOL.md, "Security"): a token is
+  // presented as ZeroMQ PLAIN with the user name "token". CURVE is not supported here yet.
   _socket(port) {
+    const plain = this._opts.token ? { plainUsername: 'token', plainPassword: String(this._opts.token) } : {};
     const sock = new zmq.Dealer({
+      ...plain,
       routingId: crypto.randomBytes(12).toString('hex'),   // fixed id: a blip reconnect keeps our state
       linger: 1000,
       immediate: true,          // never queue frames for a connection that is not up (section 15)
