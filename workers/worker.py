@@ -26,7 +26,6 @@ from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRAC
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
 from tscale.handover import InterestReport
-from tscale.outbound import EXPIRED, UNDER, Outbound
 from tscale.security import Security, answer_zap, zap_socket
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
@@ -35,6 +34,7 @@ from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
 
+from .clientout import CONTROL_HEADROOM, ClientOut
 from .queues import QueueShell
 from . import access
 
@@ -53,12 +53,6 @@ IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if th
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
 PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
-# Control replies are never dropped: events stop at client_hwm frames (Outbound), the ROUTER's
-# SNDHWM leaves this many more for control frames, and what ZeroMQ still cannot take waits in
-# the connection's backlog.  A backlog longer than CONTROL_BACKLOG means the client does not read
-# its replies: it is disconnected as a slow consumer.
-CONTROL_HEADROOM = 4000   # > 2,000 replies outstanding + ZeroMQ's lag in seeing reads (half its HWM)
-CONTROL_BACKLOG = 2000
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -93,10 +87,6 @@ class Worker:
         self.table = RoutingTable(owner_of=(lambda name: shard_of(name, count)))
         self.conns: dict[bytes, Connection] = {}
         self.dirty: list[Connection] = []
-        self.dead: list[Connection] = []
-        self.blocked: list[Connection] = []       # without room for events (over their bound)
-        self.backlogged: list[Connection] = []    # holding control frames ZeroMQ could not take yet
-        self.lingering: dict[bytes, Outbound] = {}   # accounts of forgotten connections ZeroMQ still holds frames for
         # per-worker bus output buffers, packed and sent at flush time
         self.fwd = [[bus.FWD, self.index] for _ in range(count)]
         self.deliver = [[bus.DELIVER, self.index] for _ in range(count)]
@@ -169,6 +159,7 @@ class Worker:
             self.zap = zap_socket(ctx)
         self.sec.serve_clients(r)
         r.bind(self.endpoint)
+        self.tx = ClientOut(r, self.max_pending, self.hwm, self.grace, self.stats, self.rlog, self._forget)
         p = self.pub = ctx.socket(zmq.PUB)
         p.setsockopt(zmq.SNDHWM, BUS_HWM)
         p.setsockopt(zmq.XPUB_NODROP, 1)          # EAGAIN instead of silent loss: we count drops
@@ -188,7 +179,7 @@ class Worker:
         poller = self.poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.sub, zmq.POLLIN)
-        router, sub = self.router, self.sub
+        router, sub, tx = self.router, self.sub, self.tx
         zap = getattr(self, "zap", None)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
@@ -197,7 +188,7 @@ class Worker:
         while self.running:
             try:
                 # A connection owed control replies is retried within a millisecond, not at the next tick.
-                ready = poller.poll(1 if self.backlogged else TICK * 1000)
+                ready = poller.poll(1 if tx.backlogged else TICK * 1000)
             except zmq.ZMQError:
                 if not self.running:
                     break
@@ -272,8 +263,7 @@ class Worker:
         old = self.conns.get(ident)
         if old is not None:      # the routing id now belongs to another user: forget the old state
             self._remove_conn(old)
-        ob = self.lingering.pop(ident, None) or Outbound(self.max_pending, self.hwm)
-        conn = self.conns[ident] = Connection(ident, self.now, ob)
+        conn = self.conns[ident] = Connection(ident, self.now, self.tx.outbound_for(ident))
         if self.zap_gate is not None:
             conn.user = user
             access.attach(conn, self.zap_gate.perms(user))
@@ -313,7 +303,7 @@ class Worker:
             self._on_sub(conn, *cmd[1:])
         elif code == PING:
             self._flush()
-            self._send(conn, pack([PONG, cmd[1]]))
+            self.tx.send(conn, pack([PONG, cmd[1]]))
         elif code == PONG:
             pass
         elif code == UNSUB:
@@ -323,7 +313,7 @@ class Worker:
         elif code == STATUS:
             req = cmd[1]
             if self.node_status:
-                self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
+                self.tx.send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
             else:   # just started: answer once the supervisor's node status has arrived
                 self.pending_status.append((conn, req, self.now + 1.5))
         elif code == PEER_EVENTS:
@@ -382,7 +372,7 @@ class Worker:
             "ctl_port": self.spec["base_port"] + self.count,
             "cluster": self.spec.get("cluster", "tscale"),
         }
-        self._send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
+        self.tx.send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
     def _refuse(self, conn: Connection, why: str, quiet: bool = False):
         """not_authorized: the connection loses its subscriptions and is served nothing but the handshake."""
@@ -627,7 +617,7 @@ class Worker:
         old = conn.subs.get(sid)
         same = old is not None and old.pattern == pattern and old.group == group
         if same and not cluster:
-            self._send(conn, protocol.ok(req))   # a repeated SUB (after a reconnect) is idempotent
+            self.tx.send(conn, protocol.ok(req))   # a repeated SUB (after a reconnect) is idempotent
             return
         ackkey = self.next_ack
         self.next_ack += 1
@@ -653,7 +643,7 @@ class Worker:
         if waiting:
             self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT + (3.0 if cluster else 0.0)]
         else:
-            self._send(conn, protocol.ok(req))
+            self.tx.send(conn, protocol.ok(req))
 
     def _on_unsub(self, conn: Connection, sid: int, req):
         s = conn.subs.get(sid)
@@ -666,7 +656,7 @@ class Worker:
             if waiting:
                 self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT]
                 return
-        self._send(conn, protocol.ok(req))
+        self.tx.send(conn, protocol.ok(req))
 
     def _unsubscribe(self, conn: Connection, s: Subscription, ackkey=None) -> set:
         del conn.subs[s.sid]
@@ -806,7 +796,7 @@ class Worker:
         p[2].discard(frm)
         if not p[2]:
             del self.pending_acks[ackkey]
-            self._send(p[0], protocol.ok(p[1]))
+            self.tx.send(p[0], protocol.ok(p[1]))
 
     def _worker_down(self, k: int):
         if k == self.index:
@@ -819,46 +809,10 @@ class Worker:
 
     # -- output -------------------------------------------------------------
     def _flush(self):
-        if self.backlogged:
-            self._send_backlogs(False)
-        dirty = self.dirty
-        if dirty:
-            stats = self.stats
-            emit = self._emit
-            for c in dirty:
-                o = c.out
-                if c.sink is not None:    # a durable queue or the queue API: stores instead of sending
-                    c.sink(o)
-                    del o[1:]
-                    continue
-                n = (len(o) - 1) >> 2
-                ob = c.ob
-                # Over its bound (or still owed control replies): drop before packing, so a
-                # slow consumer costs the worker almost nothing.
-                data = pack(o) if not c.ctl and ob.admits(n) else None
-                del o[1:]
-                try:
-                    if data is not None and ob.packed(n, len(data)):
-                        emit(c, data)
-                        stats["events_out"] += n
-                        if ob.over_since is not None:
-                            ob.over_since = None     # it takes events again: the episode is over
-                        continue
-                except zmq.Again:    # not expected: events stay under client_hwm < SNDHWM
-                    pass
-                except zmq.ZMQError:
-                    self.dead.append(c)
-                    continue
-                c.drops += n
-                stats["dropped"] += n
-                if not c.blocked:
-                    c.blocked = True
-                    if ob.over_since is None:
-                        ob.over_since = self.now
-                    self.blocked.append(c)
-                    self.rlog.warning(("slow", c.ident), "slow consumer %s: over client_max_pending, dropping",
-                                      c.label())
-            dirty.clear()
+        if self.tx.backlogged:
+            self.tx.send_backlogs(False)
+        if self.dirty:
+            self.tx.flush_events(self.dirty, self.now)
         for k in range(self.count):
             self._flush_bus(k, self.fwd[k], 2, 3)
             self._flush_bus(k, self.deliver[k], 2, 4)
@@ -870,7 +824,7 @@ class Worker:
         report = self.report
         if report.deltas or report.outbox:
             self._send_reports()
-        if self.dead:
+        if self.tx.dead:
             self._remove_dead()
 
     def _flush_bus(self, k: int, buf: list, header: int, stride: int):
@@ -958,79 +912,6 @@ class Worker:
                 # its neighbour: greet it again at the next housekeeping tick (not in a tight loop).
                 link.rehello = True
 
-    def _emit(self, c: Connection, data: bytes):
-        """Hand one frame for `c` to ZeroMQ and count it in its outbound bound; now and then as a
-        tracked watermark frame (tscale/outbound.py).  Raises what the send raises."""
-        ob = c.ob
-        size = len(data)
-        router = self.router
-        router.send(c.ident, SEND_MORE)
-        if ob.want_mark(size):
-            ob.sent(size, router.send(data, NOBLOCK, copy=False, track=True))
-        else:
-            router.send(data, NOBLOCK)
-            ob.sent(size)
-
-    def _send(self, conn: Connection, frame: bytes):
-        """Send a control frame (OK, ERR, PONG, WELCOME, STATUS_REPLY, PING).  Never dropped for
-        lack of room: what ZeroMQ cannot take now waits, in order, in the connection's backlog."""
-        if not conn.ctl:
-            try:
-                self._emit(conn, frame)
-                return
-            except zmq.Again:
-                self.backlogged.append(conn)
-            except zmq.ZMQError:
-                self.dead.append(conn)
-                return
-        if len(conn.ctl) < CONTROL_BACKLOG:
-            conn.ctl.append(frame)
-        elif not conn.rejected:
-            # It does not even read its replies: give up on it rather than leave it waiting.
-            self._slow_disconnect(conn, f"{CONTROL_BACKLOG} control replies it did not read", True)
-        # else: already disconnected; the slow_consumer notice ahead in its backlog answers for this one
-
-    def _send_backlogs(self, refused_too: bool):
-        """Retry the control backlogs, oldest frame first; those of connections already disconnected
-        as slow consumers only when `refused_too` (housekeeping), not on every flush."""
-        keep = []
-        for c in self.backlogged:
-            q = c.ctl
-            if q and (refused_too or not c.rejected):
-                i = 0
-                try:
-                    for frame in q:
-                        self._emit(c, frame)
-                        i += 1
-                except zmq.Again:
-                    pass
-                except zmq.ZMQError:
-                    self.dead.append(c)
-                    i = len(q)
-                del q[:i]
-            if q:
-                keep.append(c)
-        self.backlogged = keep
-
-    def _slow_disconnect(self, conn: Connection, why: str, replace_backlog: bool = False):
-        """Forget a slow consumer's subscriptions and tell it (fatal ERR slow_consumer) once it reads,
-        after the replies already queued for it (or instead of its backlog, `replace_backlog`);
-        until it says HELLO again every command is answered slow_consumer."""
-        self.stats["slow_disconnects"] += 1
-        self.rlog.warning(("slow-off", conn.ident), "slow consumer %s disconnected (%s); %d subscriptions dropped",
-                          conn.label(), why, len(conn.subs))
-        self._drop_subs(conn)
-        self._forget_acks(conn)
-        conn.rejected = protocol.E_SLOW_CONSUMER
-        conn.ob.over_since = None
-        notice = err(protocol.E_SLOW_CONSUMER, f"disconnected as a slow consumer: {why}")
-        if not conn.ctl:
-            self._send(conn, notice)
-        elif replace_backlog:
-            conn.ctl[:] = [notice]
-        else:
-            conn.ctl.append(notice)
-
     def _denied(self, conn: Connection, what: str, req, n: int = 1):
         """A permission violation: a non-fatal error naming the subject; counted per user."""
         user = conn.user or "anonymous"
@@ -1042,16 +923,14 @@ class Worker:
         if self.zap_gate is None:
             return
         self.zap_gate.set_users(users_doc)
-        for conn in list(self.conns.values()):
-            if not self.zap_gate.known(conn.user):
+        for conn, denied in access.reload(self.zap_gate, self.conns.values()):
+            if denied is None:   # its user is gone: served nothing but the handshake from now on
                 conn.rejected = protocol.E_NOT_AUTHORIZED
                 self._drop_subs(conn)
                 continue
-            access.attach(conn, self.zap_gate.perms(conn.user))
-            if conn.perms is not None:
-                for s in [s for s in conn.subs.values() if not conn.perms.may_subscribe(s.pattern)]:
-                    self._unsubscribe(conn, s)
-                    self._denied(conn, f"subscribe to {s.pattern!r} (dropped after a users file reload)", None)
+            for s in denied:
+                self._unsubscribe(conn, s)
+                self._denied(conn, f"subscribe to {s.pattern!r} (dropped after a users file reload)", None)
         self.log.info("users file reloaded: %d users", len(self.zap_gate.users or {}))
 
     def _error(self, conn: Connection, code: str, message: str, req=None, quiet: bool = False):
@@ -1059,7 +938,7 @@ class Worker:
         self.stats["errors"] += 1
         if not quiet:
             self.rlog.warning(("err", code), "client %s: %s: %s", conn.label(), code, message)
-        self._send(conn, err(code, message, req))
+        self.tx.send(conn, err(code, message, req))
 
     def _bus_send(self, topic: bytes, body: bytes, control: bool = True) -> bool:
         if self.bus_backlog and control:
@@ -1079,6 +958,11 @@ class Worker:
         for s in list(conn.subs.values()):
             self._unsubscribe(conn, s)
 
+    def _forget(self, conn: Connection):
+        """A slow consumer's disconnect: its subscriptions and pending confirmations go."""
+        self._drop_subs(conn)
+        self._forget_acks(conn)
+
     def _forget_acks(self, conn: Connection):
         for key in [a for a, p in self.pending_acks.items() if p[0] is conn]:
             del self.pending_acks[key]
@@ -1091,14 +975,12 @@ class Worker:
         if self.conns.get(conn.ident) is conn:
             del self.conns[conn.ident]
         self._forget_acks(conn)
-        conn.ctl.clear()
-        if not gone and not conn.ob.drained():
-            self.lingering[conn.ident] = conn.ob
+        self.tx.forgotten(conn, gone)
 
     def _remove_dead(self):
-        for c in self.dead:
+        for c in self.tx.dead:
             self._remove_conn(c, gone=True)
-        self.dead.clear()
+        self.tx.dead.clear()
 
     # -- housekeeping -------------------------------------------------------
     def _tick(self, now: float):
@@ -1120,10 +1002,11 @@ class Worker:
                     link.sock.send(self._peer_hello(), NOBLOCK)
                 except zmq.ZMQError:
                     link.rehello = True
-        if self.blocked:
-            self._check_slow(now)
-        if self.backlogged:
-            self._send_backlogs(True)
+        tx = self.tx
+        if tx.blocked:
+            tx.check_slow(now, lambda c: self.conns.get(c.ident) is c)
+        if tx.backlogged:
+            tx.send_backlogs(True)
         if len(self.synced) < self.count:   # the other workers and the supervisor
             self._bus_send(bus.ALL, pack([bus.WORKER_HELLO, self.index, self.epoch]))
         self._start_queues()
@@ -1131,38 +1014,21 @@ class Worker:
         for key in [a for a, p in self.pending_acks.items() if p[3] < now]:
             conn, req, waiting, _ = self.pending_acks.pop(key)
             self.log.warning("workers %s did not confirm interest in time; confirming anyway", sorted(waiting))
-            self._send(conn, protocol.ok(req))
+            self.tx.send(conn, protocol.ok(req))
         if int(now * 10) % 50 == 0:   # every ~5 s: find connections that went away
             ping = pack([PING, 0])
             for c in list(self.conns.values()):
                 if now - c.last_seen > IDLE_PING_AFTER:
-                    self._send(c, ping)
-            if self.dead:
+                    self.tx.send(c, ping)
+            if self.tx.dead:
                 self._remove_dead()
-            for ident in [i for i, ob in self.lingering.items() if ob.drained()]:
-                del self.lingering[ident]
-
-    def _check_slow(self, now: float):
-        """Connections without room: unblock those that have room again (queue groups pick them
-        again), disconnect those that stayed over their bound longer than the grace period."""
-        keep = []
-        for c in self.blocked:
-            state = c.ob.check(now, self.grace) if self.conns.get(c.ident) is c and not c.rejected else UNDER
-            if state == UNDER:
-                c.blocked = False
-            elif state == EXPIRED:
-                c.blocked = False
-                self._slow_disconnect(c, f"over client_max_pending ({self.max_pending} bytes) "
-                                         f"for {self.grace:g} s")
-            else:
-                keep.append(c)
-        self.blocked = keep
+            tx.expire_lingering()
 
     def _answer_status(self, now: float | None = None):
         keep = []
         for conn, req, deadline in self.pending_status:
             if now is None or deadline <= now:
-                self._send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
+                self.tx.send(conn, pack([protocol.STATUS_REPLY, req, self.status()]))
             else:
                 keep.append((conn, req, deadline))
         self.pending_status = keep
