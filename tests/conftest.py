@@ -229,6 +229,16 @@ class RawClient:
     def send_bytes(self, data: bytes) -> None:
         self.sock.send(data)
 
+    def send_nowait(self, obj) -> bool:
+        """Send without blocking; False if ZeroMQ would not take it now.  A DEALER whose
+        handshake is refused (wrong or missing credentials) may have no pipe to queue into,
+        and a plain send would then block the test forever."""
+        try:
+            self.sock.send(pack(obj), zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
     def next_id(self) -> int:
         return next(self._ids)
 

@@ -103,9 +103,9 @@ def test_raw_client_without_token_never_reaches_a_worker(token_node, clients, ra
     sub = clients(token_node).subscribe(P + ".>")
     bad = raws(token_node.port, hello=False)             # NULL mechanism: refused at the handshake
     wrong = raws(token_node.port, hello=False, token="nope")
-    for r in (bad, wrong):
-        r.pub(name_for(0, 2, P), b"sneaky")
-        r.send([protocol.HELLO, 1, {"name": "x", "token": "secret"}])   # the token in HELLO opens nothing
+    for r in (bad, wrong):     # without blocking: a refused handshake may leave no pipe to queue into
+        r.send_nowait([protocol.PUB, name_for(0, 2, P), b"sneaky", None])
+        r.send_nowait([protocol.HELLO, 1, {"name": "x", "token": "secret"}])   # the token in HELLO opens nothing
     good = raws(token_node.port, hello=False, token="secret")
     good.pub(name_for(1, 2, P), b"allowed")               # no HELLO needed: the handshake authenticated it
     m = sub.next_msg(timeout=DEADLINE)
