@@ -14,6 +14,7 @@ const zmq = require('zeromq');
 const P = require('./protocol');
 const { ClientCore, Msg } = require('./core');
 const { TscaleError, ConnectError, TimeoutError, NoResponders } = require('./errors');
+const { credentials, handshakeError } = require('./keys');
 const { version } = require('../package.json');
 
 const DEFAULT_PENDING_LIMIT = 65536;   // events queued per iterator subscription, as NATS
@@ -118,7 +119,10 @@ class Lane {
 class Client extends EventEmitter {
   /**
    * Connect to a node (any of its worker addresses, usually the first) and to each of its workers.
-   * opts: name, token, connectTimeout (ms, 5000), reconnectInterval (ms, 50), reconnectMaxInterval (ms, 2000).
+   * opts: name, connectTimeout (ms, 5000), reconnectInterval (ms, 50), reconnectMaxInterval (ms, 2000);
+   * credentials (docs/SECURITY.md): token; user and password (PLAIN); serverKey (the node's CURVE
+   * public key, Z85, from `tscale keys`) with clientKey (a Z85 secret key or {publicKey, secretKey};
+   * default: the pair derived from the token, else a fresh pair).
    */
   static async connect(server = process.env.TSCALE_SERVER || '127.0.0.1:7400', opts = {}) {
     const c = new Client(server, opts);
@@ -135,7 +139,8 @@ class Client extends EventEmitter {
     super();
     this.server = server;
     this._opts = opts;
-    this._core = new ClientCore({ name: opts.name || '', token: opts.token ?? null, lang: 'node', version });
+    this._creds = credentials(opts);   // throws TscaleError for a malformed key
+    this._core = new ClientCore({ name: opts.name || '', lang: 'node', version });
     [this._host] = parseAddress(server);
     this._lanes = [];               // by worker index
     this._allLanes = [];            // every socket made, for closing
@@ -156,12 +161,11 @@ class Client extends EventEmitter {
   get droppedWhileDown() { return this._allLanes.reduce((n, l) => n + l.dropped, 0); }
 
   // -- connection --------------------------------------------------------------
-  // Credentials travel in the ZeroMQ handshake (docs/PROTOCOL.md, "Security"): a token is
-  // presented as ZeroMQ PLAIN with the user name "token". CURVE is not supported here yet.
-  _socket(port) {
-    const plain = this._opts.token ? { plainUsername: 'token', plainPassword: String(this._opts.token) } : {};
-    const sock = new zmq.Dealer({
-      ...plain,
+  // Credentials travel in the ZeroMQ handshake (docs/PROTOCOL.md section 1, "Security"):
+  // CURVE with serverKey, else PLAIN with user/password or the token (user "token"), else NULL.
+  _socket() {
+    return new zmq.Dealer({
+      ...this._creds.sockopts,
       routingId: crypto.randomBytes(12).toString('hex'),   // fixed id: a blip reconnect keeps our state
       linger: 1000,
       immediate: true,          // never queue frames for a connection that is not up (section 15)
@@ -172,8 +176,22 @@ class Client extends EventEmitter {
       heartbeatInterval: 2000,
       heartbeatTimeout: 6000,
     });
-    sock.connect(`tcp://${this._host.includes(':') ? `[${this._host}]` : this._host}:${port}`);
-    return sock;
+  }
+
+  _connect(lane, port) {
+    // The socket's events are watched before it connects, so a refused handshake is seen.
+    const onFail = (ev) => this._handshakeFailed(lane, ev);
+    for (const t of ['handshake:error:auth', 'handshake:error:protocol', 'handshake:error:other']) lane.sock.events.on(t, onFail);
+    lane.sock.connect(`tcp://${this._host.includes(':') ? `[${this._host}]` : this._host}:${port}`);
+  }
+
+  /** A refused security handshake: fails a pending connect at once; later (a reconnect) it is reported. */
+  _handshakeFailed(lane, ev) {
+    if (this._closed) return;
+    const why = handshakeError(ev, this.server, this._creds.mechanism);
+    if (why === null) return;
+    if (lane.welcome) lane.welcome.reject(new ConnectError(why));
+    else this._asyncError(new ConnectError(`reconnecting to worker ${lane.k}: ${why}`));
   }
 
   async _greet(lane, timeoutMs) {
@@ -193,9 +211,10 @@ class Client extends EventEmitter {
   }
 
   _addLane(k, port) {
-    const lane = new Lane(k, this._socket(port));
+    const lane = new Lane(k, this._socket());
     this._allLanes.push(lane);
     if (k >= 0) this._lanes[k] = lane;
+    this._connect(lane, port);
     this._readLoop(lane);
     return lane;
   }
