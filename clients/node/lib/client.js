@@ -155,6 +155,7 @@ class Client extends EventEmitter {
     this._qCount = 0;
     this._qBatch = this._core.inboxPrefix + 'q.c';   // where queue homes send batches of confirms
     this.confirmWindow = opts.confirmWindow ?? 1000;  // confirmed publishes outstanding at most
+    if (!Number.isInteger(this.confirmWindow) || this.confirmWindow < 1) throw new TscaleError('confirmWindow must be an integer >= 1');
     this._confirmsOut = 0;
     this._confirmWaiting = [];      // confirmed publishes waiting for a window slot, in order
     this._closed = false;
