@@ -515,6 +515,7 @@ class Client extends EventEmitter {
   async _publishConfirmed(name, data, opts) {
     this._check();
     this._core.owner(name);   // a bad name fails here, before any wait
+    if (opts.reply != null) throw new TscaleError('a confirmed publish has a reply name of its own: leave out reply');
     const headers = Q.confirmHeaders(opts.headers ?? null, opts.msgId ?? null, this._qBatch);
     const timeoutMs = opts.timeout ?? 5000;
     await this._qReady();

@@ -147,6 +147,14 @@ test('async iteration over a consumer, and break ends it', async () => {
     if (out.length === 25) break;
   }
   assert.deepEqual(out, Array.from({ length: 25 }, (_, i) => i));
+  // an iteration waiting on an empty queue ends when its client closes
+  const other = await tscale.connect(node.addr);
+  const it = other.consumer(q, 'it')[Symbol.asyncIterator]();
+  const pending = it.next();
+  await waitUntil(() => other._qHandlers.size > 0, 'the fetch in flight');
+  await other.close();
+  assert.deepEqual(await pending, { value: undefined, done: true });
+  await assert.rejects(c.publish(`${subj}.n`, 'x', { confirm: true, reply: 'r.1' }), /reply name of its own/);
   await c.queueRemove(q);
 });
 
