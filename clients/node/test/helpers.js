@@ -173,9 +173,9 @@ function cli(args, { input = null, env = {}, timeoutMs = DEADLINE } = {}) {
   });
 }
 
-/** The CURVE public key a node with this data directory will present (`tscale keys` creates the key). */
-async function serverKeyOf(dataDir) {
-  const r = await cli(['keys', '--data-dir', dataDir]);
+/** The CURVE public key a node with this data directory (and env, e.g. TSCALE_TOKEN) will present (`tscale keys`). */
+async function serverKeyOf(dataDir, env = {}) {
+  const r = await cli(['keys', '--data-dir', dataDir], { env });
   if (r.code !== 0) throw new Error(`tscale keys: ${r.stderr}`);
   return r.stdout.trim();
 }

@@ -11,7 +11,7 @@ const tscale = require('..');
 const { keys } = tscale;
 const { Node, PYTHON, REPO, waitUntil, uniq, nameFor, serverKeyOf, hashPassword } = require('./helpers');
 
-let curve, keyed, users;
+let curve, keyed, users, tokened;
 const carol = keys.newClientPair();       // listed in the CURVE node's users file, limited to c.>
 const ops = keys.newClientPair();         // listed, no limits
 
@@ -42,11 +42,17 @@ async function usersNode() {
   return n.start();
 }
 
+async function tokenCurveNode() {
+  const n = new Node({ workers: 1, token: 'tök-3n', extra: ['--curve'] });
+  n.creds.serverKey = await serverKeyOf(n.dataDir, { TSCALE_TOKEN: 'tök-3n' });   // derived from the token
+  return n.start();
+}
+
 test.before(async () => {
-  [curve, keyed, users] = await Promise.all([curveNode(), keyedNode(), usersNode()]);
+  [curve, keyed, users, tokened] = await Promise.all([curveNode(), keyedNode(), usersNode(), tokenCurveNode()]);
 });
 test.after(async () => {
-  await Promise.all([curve, keyed, users].map((n) => n && n.stop()));
+  await Promise.all([curve, keyed, users, tokened].map((n) => n && n.stop()));
 });
 
 /** connect must fail with a ConnectError whose message matches `why`, in well under its timeout. */
@@ -96,6 +102,21 @@ test('CURVE: a wrong server key, or none, fails fast with a clear ConnectError',
   await refused(curve.addr, { serverKey: keys.newClientPair()[0] }, /wrong server key/);
   await refused(curve.addr, {}, /asks for credentials.*serverKey/);
   await refused(curve.addr, { token: 'x' }, /node runs CURVE/);
+});
+
+test('CURVE with a token: the client key pair derived from the token is accepted, another token is not', async () => {
+  const { serverKey } = tokened.creds;
+  await refused(tokened.addr, { serverKey, token: 'other' }, /refused our credentials/);
+  await refused(tokened.addr, { serverKey }, /refused our credentials/);   // a fresh key: not the token's
+  const c = await tscale.connect(tokened.addr, { serverKey, token: 'tök-3n' });
+  try {
+    const sub = await c.subscribe('tk.*');
+    c.publish('tk.x', 'derived');
+    assert.equal((await sub.nextMsg(5000)).data.toString(), 'derived');
+    assert.equal((await c.status()).security.clients, 'curve');
+  } finally {
+    await c.close();
+  }
 });
 
 test('CURVE users by key: a listed clientKey is served with its permissions, an unknown key is refused', async () => {
