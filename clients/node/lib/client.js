@@ -14,6 +14,8 @@ const zmq = require('zeromq');
 const P = require('./protocol');
 const { ClientCore, Msg } = require('./core');
 const { TscaleError, ConnectError, TimeoutError, NoResponders } = require('./errors');
+const { credentials, handshakeError } = require('./keys');
+const Q = require('./queues');
 const { version } = require('../package.json');
 
 const DEFAULT_PENDING_LIMIT = 65536;   // events queued per iterator subscription, as NATS
@@ -118,7 +120,10 @@ class Lane {
 class Client extends EventEmitter {
   /**
    * Connect to a node (any of its worker addresses, usually the first) and to each of its workers.
-   * opts: name, token, connectTimeout (ms, 5000), reconnectInterval (ms, 50), reconnectMaxInterval (ms, 2000).
+   * opts: name, connectTimeout (ms, 5000), reconnectInterval (ms, 50), reconnectMaxInterval (ms, 2000);
+   * credentials (docs/SECURITY.md): token; user and password (PLAIN); serverKey (the node's CURVE
+   * public key, Z85, from `tscale keys`) with clientKey (a Z85 secret key or {publicKey, secretKey};
+   * default: the pair derived from the token, else a fresh pair).
    */
   static async connect(server = process.env.TSCALE_SERVER || '127.0.0.1:7400', opts = {}) {
     const c = new Client(server, opts);
@@ -135,7 +140,8 @@ class Client extends EventEmitter {
     super();
     this.server = server;
     this._opts = opts;
-    this._core = new ClientCore({ name: opts.name || '', token: opts.token ?? null, lang: 'node', version });
+    this._creds = credentials(opts);   // throws TscaleError for a malformed key
+    this._core = new ClientCore({ name: opts.name || '', lang: 'node', version });
     [this._host] = parseAddress(server);
     this._lanes = [];               // by worker index
     this._allLanes = [];            // every socket made, for closing
@@ -144,6 +150,14 @@ class Client extends EventEmitter {
     this._inbox = null;             // shared request inbox, made on the first request()
     this._replies = new Map();      // reply name -> {resolve, reject, cancel}
     this._replyCount = 0;
+    this._qInbox = null;            // queue inbox subscription (confirms, fetch and admin replies), made on first use
+    this._qHandlers = new Map();    // reply name -> {onMsg(msg) -> true when done, fail(error)}
+    this._qCount = 0;
+    this._qBatch = this._core.inboxPrefix + 'q.c';   // where queue homes send batches of confirms
+    this.confirmWindow = opts.confirmWindow ?? 1000;  // confirmed publishes outstanding at most
+    if (!Number.isInteger(this.confirmWindow) || this.confirmWindow < 1) throw new TscaleError('confirmWindow must be an integer >= 1');
+    this._confirmsOut = 0;
+    this._confirmWaiting = [];      // confirmed publishes waiting for a window slot, in order
     this._closed = false;
     this.lastError = null;
     this.badFrames = 0;             // frames (or MSG events) from the node that broke the protocol, dropped
@@ -156,12 +170,11 @@ class Client extends EventEmitter {
   get droppedWhileDown() { return this._allLanes.reduce((n, l) => n + l.dropped, 0); }
 
   // -- connection --------------------------------------------------------------
-  // Credentials travel in the ZeroMQ handshake (docs/PROTOCOL.md, "Security"): a token is
-  // presented as ZeroMQ PLAIN with the user name "token". CURVE is not supported here yet.
-  _socket(port) {
-    const plain = this._opts.token ? { plainUsername: 'token', plainPassword: String(this._opts.token) } : {};
-    const sock = new zmq.Dealer({
-      ...plain,
+  // Credentials travel in the ZeroMQ handshake (docs/PROTOCOL.md section 1, "Security"):
+  // CURVE with serverKey, else PLAIN with user/password or the token (user "token"), else NULL.
+  _socket() {
+    return new zmq.Dealer({
+      ...this._creds.sockopts,
       routingId: crypto.randomBytes(12).toString('hex'),   // fixed id: a blip reconnect keeps our state
       linger: 1000,
       immediate: true,          // never queue frames for a connection that is not up (section 15)
@@ -172,8 +185,22 @@ class Client extends EventEmitter {
       heartbeatInterval: 2000,
       heartbeatTimeout: 6000,
     });
-    sock.connect(`tcp://${this._host.includes(':') ? `[${this._host}]` : this._host}:${port}`);
-    return sock;
+  }
+
+  _connect(lane, port) {
+    // The socket's events are watched before it connects, so a refused handshake is seen.
+    const onFail = (ev) => this._handshakeFailed(lane, ev);
+    for (const t of ['handshake:error:auth', 'handshake:error:protocol', 'handshake:error:other']) lane.sock.events.on(t, onFail);
+    lane.sock.connect(`tcp://${this._host.includes(':') ? `[${this._host}]` : this._host}:${port}`);
+  }
+
+  /** A refused security handshake: fails a pending connect at once; later (a reconnect) it is reported. */
+  _handshakeFailed(lane, ev) {
+    if (this._closed) return;
+    const why = handshakeError(ev, this.server, this._creds.mechanism);
+    if (why === null) return;
+    if (lane.welcome) lane.welcome.reject(new ConnectError(why));
+    else this._asyncError(new ConnectError(`reconnecting to worker ${lane.k}: ${why}`));
   }
 
   async _greet(lane, timeoutMs) {
@@ -193,9 +220,10 @@ class Client extends EventEmitter {
   }
 
   _addLane(k, port) {
-    const lane = new Lane(k, this._socket(port));
+    const lane = new Lane(k, this._socket());
     this._allLanes.push(lane);
     if (k >= 0) this._lanes[k] = lane;
+    this._connect(lane, port);
     this._readLoop(lane);
     return lane;
   }
@@ -352,8 +380,15 @@ class Client extends EventEmitter {
   _check() { if (this._closed) throw new TscaleError('client is closed'); }
 
   // -- API ---------------------------------------------------------------------
-  /** Queue an event for the worker that owns `name`; it leaves at the end of this tick, batched. */
+  /**
+   * Queue an event for the worker that owns `name`; it leaves at once or with the batch being sent.
+   * opts: headers, reply.  With `confirm: true` (and optional msgId, timeout in ms, default 5000)
+   * returns a Promise of the PubAck {queue, seq, duplicate} a durable queue gives once the event
+   * is committed to disk; up to `confirmWindow` confirmed publishes are outstanding at once
+   * (later ones wait for a slot), so a loop of un-awaited confirmed publishes is pipelined.
+   */
   publish(name, data, opts) {
+    if (opts !== undefined && opts.confirm) return this._publishConfirmed(name, data, opts);
     this._check();
     const core = this._core;
     const k = opts === undefined ? core.addEvent(name, data, null, null)
@@ -438,6 +473,177 @@ class Client extends EventEmitter {
     });
   }
 
+  // -- durable queues (docs/QUEUES.md) ------------------------------------------
+  /** The queue inbox, subscribed once with confirm 'cluster': a queue's home on another node must know it. */
+  _qReady() {
+    if (!this._qInbox) {
+      this._qInbox = this.subscribe(this._core.inboxPrefix + 'q.*', { callback: (m) => this._qOnReply(m), confirm: 'cluster' });
+      this._qInbox.catch(() => { this._qInbox = null; });
+    }
+    return this._qInbox;
+  }
+
+  _qReply() { return `${this._core.inboxPrefix}q.${++this._qCount}`; }
+
+  _qOnReply(m) {
+    if (m.name === this._qBatch) {
+      for (const [reply, v] of Q.decodeConfirmBatch(m.data)) {
+        const h = this._qHandlers.get(reply);
+        if (h !== undefined && h.settle) { this._qHandlers.delete(reply); h.settle(v); }
+      }
+      return;
+    }
+    const h = this._qHandlers.get(m.name);
+    if (h !== undefined && h.onMsg(m)) this._qHandlers.delete(m.name);
+  }
+
+  /** Wait for a slot in the confirm window (FIFO); the slot is released when the confirm settles. */
+  _confirmSlot() {
+    if (this._confirmsOut < this.confirmWindow && this._confirmWaiting.length === 0) {
+      this._confirmsOut++;
+      return null;
+    }
+    return new Promise((resolve, reject) => this._confirmWaiting.push({ resolve, reject }));
+  }
+
+  _confirmRelease() {
+    const next = this._confirmWaiting.shift();
+    if (next) next.resolve();   // the slot passes to the next waiting publish
+    else this._confirmsOut--;
+  }
+
+  async _publishConfirmed(name, data, opts) {
+    this._check();
+    this._core.owner(name);   // a bad name fails here, before any wait
+    if (opts.reply != null) throw new TscaleError('a confirmed publish has a reply name of its own: leave out reply');
+    const headers = Q.confirmHeaders(opts.headers ?? null, opts.msgId ?? null, this._qBatch);
+    const timeoutMs = opts.timeout ?? 5000;
+    await this._qReady();
+    const slot = this._confirmSlot();
+    if (slot) await slot;
+    const reply = this._qReply();
+    return new Promise((resolve, reject) => {
+      let done = false;
+      const settle = (v) => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this._confirmRelease();
+        if (v instanceof Error) reject(v); else resolve(v);
+      };
+      const timer = setTimeout(() => {
+        this._qHandlers.delete(reply);
+        settle(new TimeoutError(`publish ${JSON.stringify(name)}: no queue confirmed within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._qHandlers.set(reply, {
+        onMsg: (m) => {
+          let v;
+          try { v = Q.decodePubAck(name, m.data, m.headers); } catch (e) { v = e; }
+          settle(v);
+          return true;
+        },
+        settle,
+        fail: settle,
+      });
+      try {
+        this.publish(name, data, { headers, reply });
+      } catch (e) {
+        this._qHandlers.delete(reply);
+        settle(e);
+      }
+    });
+  }
+
+  /** One request on the queue inbox; resolves with the reply event. */
+  async _qRequest(subject, payload, timeoutMs) {
+    await this._qReady();
+    const reply = this._qReply();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this._qHandlers.delete(reply);
+        reject(new TimeoutError(`${subject}: no answer within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this._qHandlers.set(reply, {
+        onMsg: (m) => { clearTimeout(timer); resolve(m); return true; },
+        fail: (e) => { clearTimeout(timer); reject(e); },
+      });
+      try {
+        this.publish(subject, payload, { reply });
+      } catch (e) {
+        clearTimeout(timer);
+        this._qHandlers.delete(reply);
+        reject(e);
+      }
+    });
+  }
+
+  /** A queue request and its `ok` value; a worker that is still starting is asked again within the timeout. */
+  async _qCall(subject, op, fields, timeoutMs = 5000) {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const m = await this._qRequest(subject, Q.request(op, fields), Math.max(100, end - Date.now()));
+      try {
+        return Q.decodeReply(m.data, m.headers, `queue ${op}`);
+      } catch (e) {
+        if (!(e instanceof Q.QueueUnavailable && e.serverMessage === Q.STARTING && end - Date.now() > Q.RETRY_PAUSE_MS)) throw e;
+      }
+      await new Promise((r) => setTimeout(r, Q.RETRY_PAUSE_MS));
+    }
+  }
+
+  /**
+   * Create a durable queue storing the events whose names match `subjects` (array or comma-separated).
+   * opts (durations in seconds, as `tscale queue add`): retention ('limits' | 'work'), maxMsgs, maxBytes,
+   * maxAge, discard ('old' | 'new'), ackWait, maxDeliver, backoff (array), dedupeWindow, home; timeout (ms).
+   * Resolves with the queue's info; the same definition again is a no-op.
+   */
+  async queueAdd(name, subjects, opts = {}) {
+    this._check();
+    return this._qCall(Q.subjectFor(name), 'add', { config: Q.queueConfig(name, subjects, opts) }, opts.timeout);
+  }
+
+  /** The queue's info: config, messages, bytes, first_seq, last_seq, groups... (docs/QUEUES.md "Figures"). */
+  async queueInfo(name, timeoutMs = 5000) {
+    this._check();
+    const info = await this._qCall(Q.subjectFor(name), 'info', {}, timeoutMs);
+    if (info === null || typeof info !== 'object' || Array.isArray(info)) throw new TscaleError('queue info: unexpected reply');
+    return info;
+  }
+
+  /** The info of every queue homed on the node this client is connected to (asks each worker). */
+  async queueList(timeoutMs = 5000) {
+    this._check();
+    const out = [];
+    for (const subject of Q.lsSubjects(this._core.workers)) {
+      const part = await this._qCall(subject, 'ls', {}, timeoutMs);
+      if (!Array.isArray(part)) throw new TscaleError('queue ls: unexpected reply');
+      out.push(...part);
+    }
+    const key = (d) => String(d && d.config && d.config.name);
+    return out.sort((a, b) => key(a).localeCompare(key(b)));
+  }
+
+  async queueRemove(name, timeoutMs = 5000) {
+    this._check();
+    await this._qCall(Q.subjectFor(name), 'rm', {}, timeoutMs);
+  }
+
+  /** Delete every stored event of the queue; resolves with how many were deleted. */
+  async queuePurge(name, timeoutMs = 5000) {
+    this._check();
+    return this._qCall(Q.subjectFor(name), 'purge', {}, timeoutMs);
+  }
+
+  /**
+   * A member of consumer group `group` of `queue`: `await consumer.fetch(batch, timeoutMs)` or
+   * `for await (const m of consumer)`.  opts: start (for a new group: 'first' (default), 'last',
+   * 'new', a sequence number, a Date), batch (per fetch when iterating, 100).
+   */
+  consumer(queue, group, opts = {}) {
+    this._check();
+    return new Consumer(this, queue, group, opts);
+  }
+
   /** The node's status document (docs/STATUS.md). */
   async status(timeoutMs = 5000) {
     this._check();
@@ -467,6 +673,10 @@ class Client extends EventEmitter {
     for (const sub of this._subs.values()) sub._end();
     for (const r of this._replies.values()) { r.cancel(); r.reject(new TscaleError('client is closed')); }
     this._replies.clear();
+    const handlers = [...this._qHandlers.values()];
+    this._qHandlers.clear();
+    for (const h of handlers) if (h.fail) h.fail(new TscaleError('client is closed'));
+    for (const w of this._confirmWaiting.splice(0)) w.reject(new TscaleError('client is closed'));
     this._destroy();
   }
 
@@ -476,4 +686,77 @@ class Client extends EventEmitter {
   }
 }
 
-module.exports = { Client, Subscription, parseAddress, connect: (server, opts) => Client.connect(server, opts) };
+/** A pull consumer of a durable queue (Client.consumer). */
+class Consumer {
+  constructor(client, queue, group, opts) {
+    this.subject = Q.subjectFor(queue);
+    const e = Q.queueNameError(group, 'group name');
+    if (e) throw new TscaleError(e);
+    this._client = client;
+    this.queue = queue;
+    this.group = group;
+    this.start = Q.startValue(opts.start);
+    this.batch = opts.batch ?? 100;
+    if (!Number.isInteger(this.batch) || this.batch < 1 || this.batch > Q.MAX_BATCH) throw new TscaleError(`batch must be 1..${Q.MAX_BATCH}`);
+    this._buf = [];
+    this._stopped = false;
+    this._answer = (op, seq, delay) => this._client.publish(this.subject, Q.request(op, { group: this.group, seqs: [seq], delay }));
+  }
+
+  /** Up to `batch` deliveries, waiting up to timeoutMs (at most 300 s) for the first; [] if none came. */
+  async fetch(batch = this.batch, timeoutMs = 1000) {
+    const c = this._client;
+    c._check();
+    if (!Number.isInteger(batch) || batch < 1 || batch > Q.MAX_BATCH) throw new TscaleError(`batch must be 1..${Q.MAX_BATCH}`);
+    const expires = Math.min(Math.max(timeoutMs, 0) / 1000, Q.MAX_EXPIRES_S);
+    const coll = new Q.FetchCollector(this.queue, this.group, this._answer);
+    const payload = Q.request('fetch', { group: this.group, batch, expires, start: this.start });
+    await c._qReady();
+    const reply = c._qReply();
+    const waitMs = expires * 1000 + 2000;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        c._qHandlers.delete(reply);
+        reject(new TimeoutError(`fetch from queue ${JSON.stringify(this.queue)}: no answer within ${waitMs} ms`));
+      }, waitMs);
+      c._qHandlers.set(reply, {
+        onMsg: (m) => {
+          if (!coll.feed(m.data, m.headers)) return false;
+          clearTimeout(timer);
+          if (coll.error) reject(coll.error); else resolve(coll.msgs);
+          return true;
+        },
+        fail: (err) => { clearTimeout(timer); reject(err); },
+      });
+      try {
+        c.publish(this.subject, payload, { reply });
+      } catch (err) {
+        clearTimeout(timer);
+        c._qHandlers.delete(reply);
+        reject(err);
+      }
+    });
+  }
+
+  /** The next delivery (fetching `batch` at a time, 5 s per fetch, until one comes or stop()). */
+  async next() {
+    while (this._buf.length === 0) {
+      if (this._stopped || this._client.closed) return { value: undefined, done: true };
+      try {
+        this._buf.push(...await this.fetch(this.batch, 5000));
+      } catch (e) {
+        if (this._stopped || this._client.closed) return { value: undefined, done: true };
+        throw e;
+      }
+    }
+    return { value: this._buf.shift(), done: false };
+  }
+
+  [Symbol.asyncIterator]() { return this; }
+
+  /** Ends iteration (`break` does it too).  Deliveries fetched but not yet handed out are redelivered after ack_wait. */
+  async return() { this.stop(); return { value: undefined, done: true }; }
+  stop() { this._stopped = true; }
+}
+
+module.exports = { Client, Subscription, Consumer, parseAddress, connect: (server, opts) => Client.connect(server, opts) };

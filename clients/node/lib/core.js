@@ -52,9 +52,8 @@ function checkHeaders(headers) {
 }
 
 class ClientCore {
-  constructor({ name = '', token = null, lang = 'node', version = '0' } = {}) {
+  constructor({ name = '', lang = 'node', version = '0' } = {}) {
     this.name = name;
-    this.token = token;
     this.lang = lang;
     this.version = version;
     this.workers = 1;
@@ -71,8 +70,9 @@ class ClientCore {
   }
 
   // -- handshake ------------------------------------------------------------
+  // (Credentials are not part of HELLO: the ZeroMQ handshake carries them, lib/keys.js.)
   hello(direct = true) {
-    return P.pack([P.HELLO, P.VERSION, { name: this.name, token: this.token, lang: this.lang,
+    return P.pack([P.HELLO, P.VERSION, { name: this.name, lang: this.lang,
       version: this.version, direct }]);
   }
 

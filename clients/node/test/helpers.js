@@ -57,12 +57,16 @@ function cleanEnv(extra = {}) {
 
 /** One `tscale up` process tree on 127.0.0.1, worker i on port + i. */
 class Node {
-  constructor({ workers = 2, token = null, extra = [] } = {}) {
+  /** creds: what test clients of this node connect with (token, serverKey, user/password, clientKey). */
+  constructor({ workers = 2, token = null, extra = [], creds = {}, dir = null } = {}) {
     this.workers = workers;
     this.token = token;
     this.extra = extra;
-    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tscale-node-test-'));
+    this.dir = dir || fs.mkdtempSync(path.join(os.tmpdir(), 'tscale-node-test-'));
+    this.creds = { ...(token ? { token } : {}), ...creds };
   }
+
+  get dataDir() { return path.join(this.dir, 'data'); }
 
   get addr() { return `127.0.0.1:${this.port}`; }
 
@@ -71,7 +75,7 @@ class Node {
     for (let attempt = 1; ; attempt++) {
       this.port = await freePortBlock(this.workers + 1);
       const args = ['-m', 'tscale.cli', 'up', '--listen', this.addr, '--no-discovery', '--workers', String(this.workers),
-        '--data-dir', path.join(this.dir, 'data'), ...(this.token ? ['--token', this.token] : []), ...this.extra];
+        '--data-dir', this.dataDir, ...(this.token ? ['--token', this.token] : []), ...this.extra];
       this.log = fs.openSync(path.join(this.dir, 'node.log'), 'a');
       this.proc = spawn(PYTHON, args, { cwd: this.dir, env: cleanEnv(), detached: true, stdio: ['ignore', this.log, this.log] });
       this.exited = new Promise((r) => this.proc.once('exit', r));
@@ -94,7 +98,7 @@ class Node {
 
   async status() {
     if (this.proc.exitCode !== null) throw new Error(`node exited with ${this.proc.exitCode}: ${this.logText().slice(-2000)}`);
-    const c = await tscale.connect(this.addr, { name: 'test-status', token: this.token, connectTimeout: 2000 });
+    const c = await tscale.connect(this.addr, { name: 'test-status', ...this.creds, connectTimeout: 2000 });
     try { return await c.status(2000); } finally { await c.close(0); }
   }
 
@@ -156,6 +160,33 @@ class Py {
   }
 }
 
+/** Run the tscale CLI of the repository's venv; resolves {code, stdout, stderr}. */
+function cli(args, { input = null, env = {}, timeoutMs = DEADLINE } = {}) {
+  return new Promise((resolve, reject) => {
+    const p = spawn(PYTHON, ['-m', 'tscale.cli', ...args], { cwd: REPO, env: cleanEnv(env), stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '', stderr = '';
+    p.stdout.on('data', (d) => { stdout += d; });
+    p.stderr.on('data', (d) => { stderr += d; });
+    const t = setTimeout(() => { p.kill('SIGKILL'); reject(new Error(`tscale ${args.join(' ')}: no exit within ${timeoutMs} ms`)); }, timeoutMs);
+    p.once('exit', (code) => { clearTimeout(t); resolve({ code, stdout, stderr }); });
+    p.stdin.end(input ?? '');
+  });
+}
+
+/** The CURVE public key a node with this data directory (and env, e.g. TSCALE_TOKEN) will present (`tscale keys`). */
+async function serverKeyOf(dataDir, env = {}) {
+  const r = await cli(['keys', '--data-dir', dataDir], { env });
+  if (r.code !== 0) throw new Error(`tscale keys: ${r.stderr}`);
+  return r.stdout.trim();
+}
+
+/** A users-file password hash (`tscale keys --hash-password`, password on stdin). */
+async function hashPassword(pw) {
+  const r = await cli(['keys', '--hash-password'], { input: pw + '\n' });
+  if (r.code !== 0) throw new Error(`tscale keys --hash-password: ${r.stderr}`);
+  return r.stdout.trim().split('\n').pop();
+}
+
 let counter = 0;
 /** A fresh first token, so tests sharing a node never see each other's events. */
 const uniq = (p = 't') => `${p}${process.pid.toString(36)}x${(counter++).toString(36)}${Math.random().toString(36).slice(2, 8)}`;
@@ -165,4 +196,4 @@ function nameFor(owner, count, prefix) {
   for (let i = 0; ; i++) if (shardOf(`${prefix}.${i}`, count) === owner) return `${prefix}.${i}`;
 }
 
-module.exports = { Node, Py, PYTHON, REPO, waitUntil, sleep, uniq, freePortBlock, nameFor };
+module.exports = { Node, Py, PYTHON, REPO, waitUntil, sleep, uniq, freePortBlock, nameFor, cli, serverKeyOf, hashPassword };

@@ -69,3 +69,51 @@ test('frames that break the protocol are dropped and counted; the client keeps s
   await router.send([peer, P.pack([P.PING, 0])]);              // the node's liveness probe
   await waitUntil(() => seen.some((cmd) => cmd[0] === P.PONG && cmd[1] === 0), 'PONG to the node\'s PING');
 });
+
+test('queue replies that break section 19 fail only their own operation; the client goes on', async (t) => {
+  const { encode } = require('@msgpack/msgpack');
+  const port = await freePortBlock(1);
+  const router = new zmq.Router({ linger: 0 });
+  await router.bind(`tcp://127.0.0.1:${port}`);
+  let inboxSid = null;
+  const pubs = [];
+  const serve = (async () => {   // a fake node: answers every queue request and confirm with what `answer` says
+    for await (const [id, frame] of router) {
+      const cmd = P.unpack(frame);
+      if (cmd[0] === P.HELLO) await router.send([id, P.pack([P.WELCOME, 1, { ports: [port], shard: { hash: 'crc32', count: 1 }, max_payload: 1024, worker: 0 }])]);
+      else if (cmd[0] === P.SUB) {
+        if (cmd[2].endsWith('.q.*')) inboxSid = cmd[1];
+        await router.send([id, P.pack([P.OK, cmd[4]])]);
+      } else if (cmd[0] === P.PING) await router.send([id, P.pack([P.PONG, cmd[1]])]);
+      else if (cmd[0] === P.PUB) {
+        for (let i = 1; i < cmd.length; i += 3) {
+          const meta = cmd[i + 2];
+          pubs.push({ name: cmd[i], payload: cmd[i + 1], meta });
+          if (!meta || !meta[1]) continue;
+          const replies = answer(cmd[i], meta);
+          for (const [name, payload] of replies) await router.send([id, P.pack([P.MSG, inboxSid, name, payload, null])]);
+        }
+      }
+    }
+  })().catch(() => {});
+  let answer = () => [];
+  const c = await tscale.connect(`127.0.0.1:${port}`, { connectTimeout: 5000 });
+  t.after(async () => { await c.close(0); router.close(); await serve; });
+  c.on('error', () => {});
+
+  answer = (name, meta) => [[meta[1], Buffer.from([0xc1])]];                      // not msgpack
+  await assert.rejects(c.queueInfo('q', 3000), /undecodable reply/);
+  answer = (name, meta) => [[meta[1], encode({ ok: 'not a map' })]];
+  await assert.rejects(c.queueInfo('q', 3000), /unexpected reply/);
+  answer = (name, meta) => [[meta[1], encode({ msgs: [[1, 'a.b', 'text, not bin', null, 1, 0]], done: true })]];
+  await assert.rejects(c.consumer('q', 'g').fetch(5, 100), /malformed messages/);
+  answer = (name, meta) => [[meta[0]['Tscale-Confirm'], encode({ acks: [[meta[1], 'q', 'seven', false]], errors: 3 })],
+    [meta[1], encode({ queue: 5 })]];
+  await assert.rejects(c.publish('a.b', 'x', { confirm: true, timeout: 3000 }), /unexpected confirm/);
+  answer = (name, meta) => [[meta[0]['Tscale-Confirm'], encode({ acks: [[meta[1], 'q', 7, false]], errors: [] })]];
+  const ack = await c.publish('a.b', 'y', { confirm: true, timeout: 3000 });
+  assert.deepEqual({ ...ack }, { queue: 'q', seq: 7, duplicate: false });
+  assert.equal(c._confirmsOut, 0, 'every confirm slot released');
+  await c.flush(5000);
+  assert.equal(c.badFrames, 0, 'the frames were good; only their payloads were not');
+});

@@ -10,6 +10,8 @@ Payloads travel as hex so that every byte is compared exactly.
                         stdin "flush" flushes and prints {"flushed": true}
   serve NAME            answer requests on NAME with b"py:" + data, header by=python
   request NAME HEX      one request; print {"data", "headers"} or {"error": class name}
+  qpub NAME COUNT       COUNT confirmed publishes, pipelined (publish_future), data b"py-<i>",
+                        header i=<i>, msg_id py-<i>; print {"acks": [[queue, seq, duplicate], ...]}
 """
 import json
 import sys
@@ -61,6 +63,10 @@ def main():
             out({"ready": True})
             for _ in sys.stdin:
                 pass
+        elif mode == "qpub":
+            futures = [c.publish_future(args[0], b"py-%d" % i, headers={"i": str(i)}, msg_id="py-%d" % i)
+                       for i in range(int(args[1]))]
+            out({"acks": [list(f.result(10.0)) for f in futures]})
         elif mode == "request":
             try:
                 m = c.request(args[0], bytes.fromhex(args[1]), timeout=5.0)

@@ -88,3 +88,46 @@ test('core refuses a WELCOME with another worker count after the first', () => {
   assert.throws(() => core.welcome([16, 1, { ports: [1, 2, 3], shard: { hash: 'crc32', count: 3 }, max_payload: 10 }]),
     /different worker count/);
 });
+
+test('queue replies pass a decoder: malformed ones fail only their own operation', () => {
+  const Q = require('../lib/queues');
+  const { encode } = require('@msgpack/msgpack');
+  // confirm batches: good entries settle, bad ones are skipped, garbage gives nothing
+  const batch = Q.decodeConfirmBatch(encode({ acks: [['r1', 'q', 3, false], ['r2', 'q', '4', false], 'x'],
+    errors: [['r3', 'storage_full', 'disk full'], [1, 2, 3]] }));
+  assert.equal(batch.length, 2);
+  assert.deepEqual({ ...batch[0][1] }, { queue: 'q', seq: 3, duplicate: false });
+  assert.ok(batch[1][1] instanceof Q.StorageFull && batch[1][1].code === 'storage_full');
+  for (const junk of [Buffer.from([0xc1]), encode([1, 2]), encode({ acks: 5 }), Buffer.alloc(0)]) {
+    assert.deepEqual(Q.decodeConfirmBatch(junk), []);
+  }
+  // lone confirms, replies, no responders
+  assert.throws(() => Q.decodePubAck('a.b', Buffer.alloc(0), { Status: '503' }), Q.NoQueue);
+  assert.throws(() => Q.decodePubAck('a.b', encode({ queue: 'q', seq: -1, duplicate: false }), null), /unexpected confirm/);
+  assert.throws(() => Q.decodePubAck('a.b', encode({ error: 'queue_full', message: 'm' }), null), Q.QueueFull);
+  assert.throws(() => Q.decodeReply(encode({ error: 'queue_unavailable', message: Q.STARTING }), null, 'x'), Q.QueueUnavailable);
+  assert.throws(() => Q.decodeReply(encode({ error: 'brand_new', message: 'm' }), null, 'x'),
+    (e) => e instanceof Q.QueueError && e.code === 'brand_new');
+  assert.throws(() => Q.decodeReply(Buffer.from([0xc1]), null, 'x'), /undecodable/);
+  assert.equal(Q.decodeReply(encode({ ok: 7 }), null, 'x'), 7);
+  // fetch chunks
+  const item = (seq) => [seq, 'a.b', Buffer.from('x'), null, 1, 1.5];
+  let f = new Q.FetchCollector('q', 'g', () => {});
+  assert.equal(f.feed(encode({ msgs: [item(1)], done: false }), null), false);
+  assert.equal(f.feed(encode({ msgs: [item(2)], done: true }), null), true);
+  assert.deepEqual(f.msgs.map((m) => [m.seq, m.data.toString()]), [[1, 'x'], [2, 'x']]);
+  assert.equal(f.error, null);
+  for (const bad of [encode({ msgs: [[1, 'a.b', 'str payload', null, 1, 1]] }), encode({ msgs: 'x' }), encode([1]), Buffer.from([0xc1])]) {
+    f = new Q.FetchCollector('q', 'g', () => {});
+    assert.equal(f.feed(bad, null), true);
+    assert.ok(f.error instanceof Error && f.msgs.length === 0);
+  }
+  // answers are requests on $Q.<queue>
+  const answers = [];
+  const m = new Q.QueueMsg('q', 'g', item(9), (...a) => answers.push(a));
+  m.ack(); m.nak(); m.nak(1500); m.inProgress(); m.term();
+  assert.deepEqual(answers, [['ack', 9], ['nak', 9, null], ['nak', 9, 1.5], ['wip', 9], ['term', 9]]);
+  assert.deepEqual(Q.lsSubjects(2).map((s) => P.shardOf(s, 2)), [0, 1]);
+  assert.deepEqual(Q.queueConfig('q', 'a.>, b.*', { ackWait: 2, max_msgs: 5 }),
+    { name: 'q', subjects: ['a.>', 'b.*'], ack_wait: 2, max_msgs: 5 });
+});
