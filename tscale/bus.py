@@ -16,6 +16,7 @@ FWD = 1            # [FWD, from, name, payload, meta, ...]
 DELIVER = 2        # [DELIVER, from, name, payload, meta, groups|nil, ...]
 INTEREST = 3       # [INTEREST, from, delta, pattern, group|nil, ackkey|nil]
 INTEREST_ACK = 4   # [INTEREST_ACK, from, ackkey]
+ACK_REQ = 21       # [ACK_REQ, from, ackkey]   ask again, once synced (tscale/workeracks.py)
 WORKER_HELLO = 5   # [WORKER_HELLO, from, epoch]           (all.) ask for snapshots
 SNAPSHOT = 6       # [SNAPSHOT, from, epoch, [[pattern, group, count], ...]]
 WORKER_DOWN = 7    # [WORKER_DOWN, -1, index]               (all.) from the supervisor

@@ -33,6 +33,7 @@ from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SU
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
+from tscale.workeracks import WorkerAcks
 
 from .clientout import CONTROL_HEADROOM, ClientOut
 from .queues import QueueShell
@@ -99,6 +100,7 @@ class Worker:
         self.epoch = int.from_bytes(os.urandom(4), "big")
         self.report = InterestReport(self.epoch)  # our cluster-visible interest, handed to the supervisor
         self.synced: set[int] = set()       # workers that sent us their snapshot
+        self.acks = WorkerAcks(self.synced)  # who confirms interest changes, and when
         self.pending_acks: dict[int, list] = {}   # ackkey -> [conn, req, waiting set, deadline]
         self.next_ack = 1
         self.node_status: dict = {}
@@ -690,7 +692,7 @@ class Worker:
         body = pack([bus.INTEREST, self.index, delta, s.pattern, s.group, ackkey])
         for t in targets:
             self._bus_send(bus.topic(t), body)
-        return set(targets) & self.synced if ackkey is not None else set()
+        return self.acks.waiting_for(targets) if ackkey is not None else set()
 
     def _send_reports(self):
         """Interest changes and confirm requests for the supervisor, in order (tscale/handover.py)."""
@@ -734,10 +736,13 @@ class Worker:
             elif kind == bus.INTEREST:
                 _, frm, delta, pattern, group, ackkey = cmd
                 self.table.add_link_interest(frm, pattern, group, delta)
-                if ackkey is not None:
+                if ackkey is not None and self.acks.request(frm, ackkey):
                     self._bus_send(bus.topic(frm), pack([bus.INTEREST_ACK, self.index, ackkey]))
             elif kind == bus.INTEREST_ACK:
                 self._acked(cmd[1], cmd[2])
+            elif kind == bus.ACK_REQ:
+                if self.acks.request(cmd[1], cmd[2]):
+                    self._bus_send(bus.topic(cmd[1]), pack([bus.INTEREST_ACK, self.index, cmd[2]]))
             elif kind == bus.WORKER_HELLO:
                 frm, epoch = cmd[1], cmd[2]
                 if frm != self.index:
@@ -753,6 +758,7 @@ class Worker:
                     if frm not in self.synced:
                         self.synced.add(frm)
                         self.log.debug("synced with worker %d", frm)
+                        self._synced_with(frm)
                         self._start_queues()
             elif kind == bus.FWD_PEER:
                 self._ingest_peer(cmd[2], cmd, 3)
@@ -798,9 +804,20 @@ class Worker:
             del self.pending_acks[ackkey]
             self.tx.send(p[0], protocol.ok(p[1]))
 
+    def _synced_with(self, frm: int):
+        """Worker `frm`'s snapshot is applied: confirm what it asked meanwhile, and ask it again
+        for what we still wait for (our first request may predate its SUB: tscale/workeracks.py)."""
+        to = bus.topic(frm)
+        for key in self.acks.snapshot_applied(frm):
+            self._bus_send(to, pack([bus.INTEREST_ACK, self.index, key]))
+        for key, p in self.pending_acks.items():
+            if frm in p[2]:
+                self._bus_send(to, pack([bus.ACK_REQ, self.index, key]))
+
     def _worker_down(self, k: int):
         if k == self.index:
             return
+        self.acks.worker_down(k)
         self.table.clear_link(k)
         self.synced.discard(k)
         for key in [a for a, p in self.pending_acks.items() if k in p[2]]:
