@@ -15,6 +15,8 @@ Every process is stopped by pid at teardown (ClusterRun.stop_all), also on failu
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 
@@ -546,3 +548,44 @@ def test_probers_that_vanish_before_the_answer_do_not_crash_the_node(tmp_path):
         assert node.proc.poll() is None, f"the node died:\n{node.log_text()[-2000:]}"
     finally:
         node.stop()
+
+
+def test_first_request_of_a_fresh_client_is_answered_while_interest_lags(run):
+    """Interest travels between nodes through the supervisors, events straight between workers:
+    a fresh requester's inbox must be known on the responder's node before the request leaves,
+    or the reply is lost on the way back.  The requester's supervisor is held (SIGSTOP) so its
+    inbox interest cannot propagate: the request must wait for it, not be answered into nothing
+    (a plain OK for the inbox SUB made this a 3 s timeout)."""
+    a, b = run.build(Topo.chain(2), workers=2)
+    wait_one_tree([a, b])
+    p = uniq("fresh")
+    served = []
+
+    def respond(msg):
+        served.append(msg.data)
+        msg.respond(b"re:" + msg.data)
+
+    run.client(a).subscribe(p + ".echo", cb=respond, confirm="cluster")
+    requester = run.client(b)
+    result = {}
+
+    def ask():
+        try:
+            result["reply"] = requester.request(p + ".echo", b"hi", timeout=3.0).data
+        except Exception as exc:   # reported below
+            result["error"] = exc
+
+    os.kill(b.proc.pid, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        # Held at most 0.5 s (peers declare a node dead after 1.5 s of silence); the old client
+        # had its request served (and its reply lost) within that time.
+        try:
+            wait_until(lambda: served, timeout=0.5, what="the request to be served")
+        except AssertionError:
+            pass
+    finally:
+        os.kill(b.proc.pid, signal.SIGCONT)
+    t.join(DEADLINE)
+    assert result.get("reply") == b"re:hi", f"first request of a fresh client: {result!r}"

@@ -361,7 +361,9 @@ class Client(CoreView):
     async def request(self, name: str, data=b"", timeout: float = 1.0, headers: dict | None = None) -> Msg:
         self._check_open()
         if self._inbox_sub is None:
-            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply)
+            # confirm="cluster": a responder on another node must know the inbox before it answers
+            self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply,
+                                                   confirm="cluster")
         reply = self._core.inbox()
         f = asyncio.get_running_loop().create_future()
         self._reply_waiters[reply] = f

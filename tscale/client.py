@@ -112,6 +112,9 @@ class Subscription:
         self._client._unsubscribe(self, timeout)
 
 
+_CLUSTER_CONFIRM = {"confirm": "cluster"}
+
+
 class _RequestLane:
     """One thread's sockets for request(): a DEALER per worker plus an inbox subscription."""
 
@@ -128,7 +131,9 @@ class _RequestLane:
                 s = client._socket(port)
                 self.socks.append(s)
                 client._hello(s, timeout)
-                s.send(protocol.pack([protocol.SUB, 1, self.prefix + "*", None, 1]))
+                # confirm "cluster": a responder on another node must know where the inbox is
+                # before it answers, or the first reply of a fresh lane can be lost on the way back
+                s.send(protocol.pack([protocol.SUB, 1, self.prefix + "*", None, 1, _CLUSTER_CONFIRM]))
                 self.poller.register(s, zmq.POLLIN)
             for s in self.socks:   # wait until every worker has the inbox interest
                 self._wait(s, timeout, lambda cmd: cmd[0] == protocol.OK)
@@ -554,7 +559,7 @@ class Client(CoreView):
             raise TscaleError("request() cannot wait inside a callback; call it from another thread")
         lane = getattr(self._local, "lane", None)
         if lane is None:
-            lane = self._local.lane = _RequestLane(self, timeout=max(timeout, 5.0))
+            lane = self._local.lane = _RequestLane(self, timeout=max(timeout, 10.0))   # a cluster barrier (<= ~5 s)
         try:
             msg = lane.request(name, data, timeout, headers)
         except (Timeout, ServerError):

@@ -436,7 +436,8 @@ class Client extends EventEmitter {
 
   async _ensureInbox() {
     if (!this._inbox) {
-      this._inbox = this.subscribe(this._core.inboxPrefix + '*', { callback: (m) => this._onReply(m) });
+      // confirm 'cluster': a responder on another node must know the inbox before it answers
+      this._inbox = this.subscribe(this._core.inboxPrefix + '*', { callback: (m) => this._onReply(m), confirm: 'cluster' });
       this._inbox.catch(() => { this._inbox = null; });
     }
     return this._inbox;
