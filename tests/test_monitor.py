@@ -12,7 +12,7 @@ import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DEADLINE, free_port_block, port_free, uniq, wait_until
+from conftest import DEADLINE, free_port_block, uniq, wait_until
 from test_status import check_schema
 from tscale.monitor import NodeCollector, registry_for
 
@@ -95,9 +95,17 @@ def test_healthz_is_503_while_a_worker_is_down(monitored):
         victim = node.children()
         wpid = [p for p in victim if psutil.Process(p).cmdline()[-1] == "--index=1"][0]
         os.kill(wpid, signal.SIGKILL)
-        wait_until(lambda: port_free(node.port + 1), what="worker 1's port to be free")
         blocker.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        blocker.bind(("127.0.0.1", node.port + 1))
+
+        def take_port() -> bool:
+            # With SO_REUSEADDR, as libzmq binds: connections of the killed worker left in
+            # TIME_WAIT do not block it (a plain bind, as port_free() tries, waits 60 s for them).
+            try:
+                blocker.bind(("127.0.0.1", node.port + 1))
+                return True
+            except OSError:
+                return False
+        wait_until(take_port, what="worker 1's port to be free")
         blocker.listen()
     finally:
         os.kill(sup, signal.SIGCONT)
