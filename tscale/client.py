@@ -695,6 +695,16 @@ class Client(CoreView):
 class Consumer(qc.ConsumerCore):
     """Pull consumer: `fetch(batch, timeout)` or iterate; answer each QueueMsg with ack/nak/in_progress/term."""
 
+    def _answer(self, op: str, seq: int, delay):
+        c = self._client
+        c._check_open()
+        with c._lock:
+            r = self._queue_answer(op, seq, delay)
+            if r < 0:
+                c._batch_full(-1 - r)
+        if c._sleeping:
+            os.eventfd_write(c._efd, 1)
+
     def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         """Up to `batch` deliveries, waiting up to `timeout` seconds for the first; [] if none came."""
         c = self._client
