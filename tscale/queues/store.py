@@ -97,6 +97,18 @@ class SqliteStore:
         """seq -> (name, payload, meta, ts) for the sequences that exist."""
         out = {}
         db = self.db
+        if seqs:
+            lo, hi = min(seqs), max(seqs)
+            if hi - lo < 2 * len(seqs) + 16:
+                # a fetch's deliveries are mostly consecutive: one range scan of the primary key
+                # (rows in the range that were not asked for are dropped)
+                want = set(seqs) if hi - lo + 1 != len(seqs) else None
+                for seq, name, payload, meta, ts in db.execute(
+                        "SELECT seq, name, payload, meta, ts FROM msgs WHERE qid=? AND seq>=? AND seq<=?",
+                        (qid, lo, hi)):
+                    if want is None or seq in want:
+                        out[seq] = (name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), ts)
+                return out
         for k in range(0, len(seqs), 500):
             part = seqs[k:k + 500]
             q = f"SELECT seq, name, payload, meta, ts FROM msgs WHERE qid=? AND seq IN ({','.join('?' * len(part))})"
