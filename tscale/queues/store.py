@@ -20,7 +20,7 @@ import sqlite3
 
 import msgpack
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
@@ -28,10 +28,21 @@ CREATE TABLE IF NOT EXISTS queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT
 CREATE TABLE IF NOT EXISTS msgs (qid INTEGER NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, name TEXT NOT NULL,
                                  payload BLOB NOT NULL, meta BLOB, msg_id TEXT, PRIMARY KEY (qid, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS groups (qid INTEGER NOT NULL, name TEXT NOT NULL, cursor INTEGER NOT NULL,
-                                   counters BLOB NOT NULL, PRIMARY KEY (qid, name)) WITHOUT ROWID;
+                                   counters BLOB NOT NULL, floor INTEGER, PRIMARY KEY (qid, name)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
                                     deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS done (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                                 PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
 """
+# A group's unacked deliveries, without a row per delivery (schema 2):
+#   groups.floor   every delivered sequence below it is finished (NULL: the cursor, as schema 1 wrote)
+#   done           finished sequences between the floor and the cursor (acks out of order)
+#   pending        deliveries counted 2 or more (redeliveries), and schema 1's rows
+# so the unacked deliveries are: pending's rows, plus every stored sequence in [floor, cursor)
+# that is in neither table (delivered once).  Acks in order and first deliveries write no row.
+_MIGRATE = {
+    2: ["ALTER TABLE groups ADD COLUMN floor INTEGER"],
+}
 
 
 class StoreRefused(Exception):
@@ -65,10 +76,14 @@ class SqliteStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN")
+            if version > 0:       # an older file: bring it up to date in one transaction
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for stmt in _MIGRATE.get(v, ()):
+                        db.execute(stmt)
             for stmt in _SCHEMA.strip().split(";"):
                 if stmt.strip():
                     db.execute(stmt)
-            if version == 0:
+            if version != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -76,6 +91,8 @@ class SqliteStore:
         except OSError as exc:
             raise StoreRefused(f"{path}: {exc}") from None
         self.in_txn = False
+        self.once: set = set()        # (qid, group, seq) of rows with deliveries 1 (schema 1 wrote them)
+        self.done_rows: dict = {}     # (qid, group) -> the highest seq with a `done` row, if any
 
     # -- reading --------------------------------------------------------------
     def load(self):
@@ -86,10 +103,25 @@ class SqliteStore:
             msgs = db.execute("SELECT seq, ts, length(payload), msg_id FROM msgs WHERE qid=? ORDER BY seq",
                               (qid,)).fetchall()
             groups = []
-            for gname, cursor, counters in db.execute("SELECT name, cursor, counters FROM groups WHERE qid=?",
-                                                      (qid,)).fetchall():
+            stored = None
+            for gname, cursor, counters, floor in db.execute(
+                    "SELECT name, cursor, counters, floor FROM groups WHERE qid=?", (qid,)).fetchall():
                 pend = db.execute("SELECT seq, deliveries FROM pending WHERE qid=? AND grp=? ORDER BY seq",
                                   (qid, gname)).fetchall()
+                for seq, n in pend:
+                    if n == 1:
+                        self.once.add((qid, gname, seq))
+                if floor is not None and floor < cursor:
+                    done = {s for (s,) in db.execute("SELECT seq FROM done WHERE qid=? AND grp=? AND seq>=?",
+                                                     (qid, gname, floor))}
+                    if done:
+                        self.done_rows[(qid, gname)] = max(done)
+                    if stored is None:
+                        stored = {m[0] for m in msgs}
+                    explicit = {s for s, _ in pend}
+                    pend += [(s, 1) for s in (range(floor, cursor) if cursor - floor <= len(stored)
+                                              else sorted(x for x in stored if floor <= x < cursor))
+                             if s in stored and s not in done and s not in explicit]
                 groups.append((gname, cursor, msgpack.unpackb(counters), pend))
             yield qid, msgpack.unpackb(config, raw=False), last_seq, msgs, groups
 
@@ -139,7 +171,7 @@ class SqliteStore:
 
     def remove_queue(self, qid: int) -> None:
         self._begin()
-        for table in ("msgs", "groups", "pending"):
+        for table in ("msgs", "groups", "pending", "done"):
             self.db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
         self.db.execute("DELETE FROM queues WHERE qid=?", (qid,))
 
@@ -152,29 +184,50 @@ class SqliteStore:
         """Persist a queue's change log (see model.Queue.changes) and its dirty groups."""
         self._begin()
         db = self.db
-        dels, pend, unpend = [], [], []
+        floors = {n: f for n, _cur, _cnt, f in groups}
+        once, done_rows = self.once, self.done_rows
+        dels, pend, unpend, done = [], [], [], []
         for c in changes:
             kind = c[0]
             if kind == "del":
                 dels.append((qid, c[1]))
-            elif kind == "pend":
+            elif kind == "pend":        # a redelivery (first deliveries are covered by the cursor)
                 pend.append((qid, c[1], c[2], c[3]))
-            elif kind == "unpend":
-                unpend.append((qid, c[1], c[2]))
+            elif kind == "unpend":      # finished: a row only if it is above the floor written below
+                g, seq = c[1], c[2]
+                if c[3] > 1 or (once and (qid, g, seq) in once):
+                    unpend.append((qid, g, seq))
+                    once.discard((qid, g, seq))
+                f = floors.get(g)
+                if f is None or seq > f:
+                    done.append((qid, g, seq))
+                    if done_rows.get((qid, g), 0) < seq:
+                        done_rows[(qid, g)] = seq
             elif kind == "purge":
-                db.execute("DELETE FROM msgs WHERE qid=?", (qid,))
-                db.execute("DELETE FROM pending WHERE qid=?", (qid,))
-                dels, pend, unpend = [], [], []
+                for table in ("msgs", "pending", "done"):
+                    db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
+                dels, pend, unpend, done = [], [], [], []
+                self.once = once = {k for k in once if k[0] != qid}
+                for k in [k for k in done_rows if k[0] == qid]:
+                    del done_rows[k]
         # order matters only within a kind: a seq is pended before it is unpended in one pass
         if pend:
             db.executemany("INSERT OR REPLACE INTO pending VALUES (?,?,?,?)", pend)
         if unpend:
             db.executemany("DELETE FROM pending WHERE qid=? AND grp=? AND seq=?", unpend)
+        if done:
+            db.executemany("INSERT OR REPLACE INTO done VALUES (?,?,?)", done)
         if dels:
             db.executemany("DELETE FROM msgs WHERE qid=? AND seq=?", dels)
         if groups:
-            db.executemany("INSERT OR REPLACE INTO groups VALUES (?,?,?,?)",
-                           [(qid, n, cur, msgpack.packb(cnt)) for n, cur, cnt in groups])
+            for n, _cur, _cnt, f in groups:   # done rows the floor has passed are implied now
+                hi = done_rows.get((qid, n))
+                if hi is not None:
+                    db.execute("DELETE FROM done WHERE qid=? AND grp=? AND seq<?", (qid, n, f))
+                    if hi < f:
+                        del done_rows[(qid, n)]
+            db.executemany("INSERT OR REPLACE INTO groups VALUES (?,?,?,?,?)",
+                           [(qid, n, cur, msgpack.packb(cnt), f) for n, cur, cnt, f in groups])
         db.execute("UPDATE queues SET last_seq=? WHERE qid=?", (last_seq, qid))
 
     def commit(self) -> None:
