@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from tscale.queues import api
 from tscale.queues.model import Queue, QueueConfig, QueueError, patterns_overlap
-from tscale.queues.store import SqliteStore, StoreRefused
+from tscale.queues.store import SCHEMA_VERSION, SqliteStore, StoreRefused
 from tscale.subjects import matches
 
 
@@ -318,5 +318,5 @@ def test_store_migrates_a_schema_1_file(tmp_path):
     store = SqliteStore(path)
     _qid, q = load(store)
     assert {s: p[1] for s, p in q.groups["g"].pending.items()} == {3: 2}
-    assert store.db.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     store.close()

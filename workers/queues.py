@@ -33,6 +33,7 @@ from tscale.routing import Subscription
 from tscale.subjects import matches, pattern_error
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+IDLE_CHECKPOINT = 1.0     # seconds without a commit before the WAL is checkpointed and truncated
 REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
 
 
@@ -71,6 +72,8 @@ class QueueShell:
         self.dirty = False
         self.failed: Exception | None = None   # a write of this pass failed: roll back at commit
         self.stats = {"stored": 0, "confirmed": 0, "storage_errors": 0, "commits": 0}
+        self.last_commit = 0.0                 # monotonic time of the last COMMIT
+        self.wal_dirty = False                 # committed since the last idle checkpoint
         self.api = Connection(b"", 0.0)
         self.api.direct = True                 # local only: never announced, never proxied
         self.api.sink = self._take_api
@@ -409,6 +412,8 @@ class QueueShell:
             try:
                 store.commit()
                 self.stats["commits"] += 1
+                self.wal_dirty = True
+                self.last_commit = time.monotonic()
             except (StoreFull, sqlite3.Error) as exc:
                 self.failed = exc
         if self.failed is not None:
@@ -425,12 +430,13 @@ class QueueShell:
         changes, groups = qs.q.take_changes()
         if self.failed is not None or not (changes or groups or qs.q.last_seq != qs.saved_seq):
             return          # nothing to write: no transaction, no fsync (parked fetches wake every tick)
+        last_seq = qs.q.last_seq if qs.q.last_seq != qs.saved_seq else None
         qs.saved_seq = qs.q.last_seq
         for c in changes:
             if c[0] == "dlq":
                 self._dead_letter(qs, c[1], c[2], c[3])
         try:
-            self.store.apply(qs.qid, qs.q.last_seq, changes, groups)
+            self.store.apply(qs.qid, last_seq, changes, groups)
         except sqlite3.Error as exc:
             self.failed = exc
 
@@ -495,6 +501,9 @@ class QueueShell:
     def tick(self, now_mono: float) -> None:
         if not self.started or self.store is None:
             return
+        if self.wal_dirty and time.monotonic() - self.last_commit >= IDLE_CHECKPOINT:
+            self.wal_dirty = False
+            self.store.idle_checkpoint()
         now = time.time()
         for qs in self.queues.values():
             q = qs.q
