@@ -37,7 +37,7 @@ def test_patterns_overlap_agrees_with_brute_force(a, b):
 @pytest.mark.parametrize("bad", [
     {"name": "has space", "subjects": ["x"]}, {"name": "q", "subjects": "x"}, {"name": "q", "subjects": ["$Q.x"]},
     {"name": "q", "subjects": ["x"], "max_bytes": 1.5}, {"name": "q", "subjects": ["x"], "backoff": [0]},
-    {"name": "q", "subjects": ["x"], "discard": "both"}, {"name": "q", "subjects": ["x"], "max_age": True and "1"},
+    {"name": "q", "subjects": ["x"], "discard": "both"}, {"name": "q", "subjects": ["x"], "sync": "never"}, {"name": "q", "subjects": ["x"], "max_age": True and "1"},
 ])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(QueueError) as e:
@@ -319,4 +319,39 @@ def test_store_migrates_a_schema_1_file(tmp_path):
     _qid, q = load(store)
     assert {s: p[1] for s, p in q.groups["g"].pending.items()} == {3: 2}
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+
+
+def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
+    """sync "interval": a transaction of such writes runs at synchronous=NORMAL; its COMMIT is
+    readable by a new connection at once (in the WAL, in the OS), is remembered as unsynced until
+    sync_wal, and a write that needs the fsync makes the commit sync (covering the earlier ones)."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    c = cfg(sync="interval")
+    assert c.sync == "interval" and QueueConfig.parse(c.to_dict()) == c
+    qid = store.add_queue(c.to_dict())
+    store.commit()
+    assert store.unsynced_since is None
+    level = lambda: store.db.execute("PRAGMA synchronous").fetchone()[0]   # noqa: E731
+    assert level() == 2                                                   # FULL
+    store.append([(qid, 1, 0.0, "q.x", b"p", None, None)], sync=False)
+    assert level() == 1                                                   # NORMAL
+    store.commit()
+    assert store.unsynced_since is not None
+    other = sqlite3.connect(path)
+    assert other.execute(f"SELECT count(*) FROM m{qid}").fetchone()[0] == 1
+    other.close()
+    store.sync_wal()
+    assert store.unsynced_since is None
+    store.append([(qid, 2, 0.0, "q.x", b"p", None, None)], sync=False)
+    store.commit()
+    assert store.unsynced_since is not None
+    store.append([(qid, 3, 0.0, "q.x", b"p", None, None)], sync=False)
+    store.apply(qid, 3, [], [], sync=True)       # a write that needs the fsync joins: WAL fsynced at commit
+    store.commit()
+    assert store.unsynced_since is None
+    store.append([(qid, 4, 0.0, "q.x", b"p", None, None)])
+    assert level() == 2                          # a new transaction for an "always" write: FULL again
+    store.commit()
     store.close()

@@ -620,7 +620,7 @@ class Client(CoreView):
 
     def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
         """Create a durable queue (options as in `tscale queue add`: retention, max_msgs, max_bytes,
-        max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home); returns its info."""
+        max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home, sync); returns its info."""
         return self._q_call(qc.subject_for(name), "add", timeout, config=qc.queue_config(name, subjects, **options))
 
     def queue_info(self, name: str, timeout: float = 5.0) -> dict:

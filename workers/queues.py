@@ -27,7 +27,7 @@ from tscale import bus, protocol
 from tscale.connstate import Connection
 from tscale.queues import api
 from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_FULL, E_UNAVAILABLE, Queue,
-                                 QueueConfig, QueueError, STARTING, patterns_overlap)
+                                 QueueConfig, QueueError, STARTING, SYNC_INTERVAL, patterns_overlap)
 from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
 from tscale.routing import Subscription
 from tscale.subjects import matches, pattern_error
@@ -209,7 +209,7 @@ class QueueShell:
                 self._confirm(reply, batch, [reply, qname, seq, dup], None)
         qs.touched = True
         self.dirty = True
-        self._write_rows()
+        self._write_rows(q.cfg.sync == "always")
 
     def _confirm(self, reply: str, batch: str | None, ack: list | None, error: list | None) -> None:
         """Queue one confirm: into the pass's batch for `batch`, or as its own reply event."""
@@ -225,10 +225,10 @@ class QueueShell:
         else:
             b[1].append(error)
 
-    def _write_rows(self) -> None:
+    def _write_rows(self, sync: bool = True) -> None:
         if self.rows and self.failed is None:
             try:
-                self.store.append(self.rows)
+                self.store.append(self.rows, sync)
                 self.stats["stored"] += len(self.rows)
             except sqlite3.Error as exc:
                 self.failed = exc
@@ -427,6 +427,7 @@ class QueueShell:
         self._emit(outbox)
 
     def _persist(self, qs: QState) -> None:
+        """Write the queue's changes of this pass into the transaction."""
         changes, groups = qs.q.take_changes()
         if self.failed is not None or not (changes or groups or qs.q.last_seq != qs.saved_seq):
             return          # nothing to write: no transaction, no fsync (parked fetches wake every tick)
@@ -436,7 +437,7 @@ class QueueShell:
             if c[0] == "dlq":
                 self._dead_letter(qs, c[1], c[2], c[3])
         try:
-            self.store.apply(qs.qid, last_seq, changes, groups)
+            self.store.apply(qs.qid, last_seq, changes, groups, qs.q.cfg.sync == "always")
         except sqlite3.Error as exc:
             self.failed = exc
 
@@ -501,6 +502,12 @@ class QueueShell:
     def tick(self, now_mono: float) -> None:
         if not self.started or self.store is None:
             return
+        since = self.store.unsynced_since
+        if since is not None and time.monotonic() - since >= SYNC_INTERVAL:
+            try:
+                self.store.sync_wal()    # queues with sync "interval": their last second becomes durable
+            except OSError as exc:
+                self.w.rlog.warning(("queue-sync",), "queues: fsync of %s-wal failed: %s", self.path, exc)
         if self.wal_dirty and time.monotonic() - self.last_commit >= IDLE_CHECKPOINT:
             self.wal_dirty = False
             self.store.idle_checkpoint()

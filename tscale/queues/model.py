@@ -43,6 +43,7 @@ MAX_NAME = 64
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 MAX_SUBJECTS = 64
 MAX_BATCH = 10_000
+SYNC_INTERVAL = 1.0   # seconds: how stale the disk may be for a queue with sync "interval"
 
 
 class QueueError(Exception):
@@ -93,6 +94,7 @@ class QueueConfig:
     backoff: list = field(default_factory=list)   # seconds per redelivery, replaces ack_wait
     dedupe_window: float = 120.0  # seconds
     home: str = ""                # node name (informational: the node that holds it)
+    sync: str = "always"          # always: fsync before confirms | interval: fsync at most every SYNC_INTERVAL
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -139,7 +141,8 @@ class QueueConfig:
             if type(b) is not list or len(b) > 100 or any(type(x) not in (int, float) or x <= 0 for x in b):
                 raise QueueError(E_BAD_CONFIG, "backoff must be a list of up to 100 positive seconds")
             c.backoff = [float(x) for x in b]
-        for k, allowed in (("retention", ("limits", "work")), ("discard", ("old", "new"))):
+        for k, allowed in (("retention", ("limits", "work")), ("discard", ("old", "new")),
+                           ("sync", ("always", "interval"))):
             if k in d:
                 if d[k] not in allowed:
                     raise QueueError(E_BAD_CONFIG, f"{k} must be {' or '.join(allowed)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 
 import msgpack
 
@@ -124,6 +125,9 @@ class SqliteStore:
         except OSError as exc:
             raise StoreRefused(f"{path}: {exc}") from None
         self.in_txn = False
+        self.unsynced_since: float | None = None   # monotonic time of the first commit not fsynced
+        self.full = True              # the connection's synchronous level is FULL (else NORMAL)
+        self.txn_sync = True          # the open transaction must be durable before the pass's replies
         self.once: set = set()        # (qid, group, seq) of rows with deliveries 1 (schema 1 wrote them)
         self.done_rows: dict = {}     # (qid, group) -> the highest seq with a `done` row, if any
 
@@ -202,10 +206,21 @@ class SqliteStore:
         return n
 
     # -- writing (inside the pass's transaction) --------------------------------
-    def _begin(self):
+    def _begin(self, sync: bool = True):
+        """Start the pass's transaction.  `sync`: the write needs an fsync before the pass's replies
+        (the default, and any queue with sync "always").  sqlite fixes the sync level of a
+        transaction at its start, so a transaction begun for a queue with sync "interval" runs at
+        synchronous=NORMAL; if a write that needs the fsync joins it, commit() fsyncs the WAL itself
+        after the COMMIT."""
         if not self.in_txn:
+            if sync != self.full:
+                self.db.execute("PRAGMA synchronous=" + ("FULL" if sync else "NORMAL"))
+                self.full = sync
             self.db.execute("BEGIN")
             self.in_txn = True
+            self.txn_sync = sync
+        elif sync:
+            self.txn_sync = True
 
     def add_queue(self, config: dict) -> int:
         self._begin()
@@ -221,9 +236,9 @@ class SqliteStore:
             self.db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
         self.db.execute("DELETE FROM queues WHERE qid=?", (qid,))
 
-    def append(self, rows: list) -> None:
+    def append(self, rows: list, sync: bool = True) -> None:
         """rows of (qid, seq, ts, name, payload, meta blob|None, msg_id|None)."""
-        self._begin()
+        self._begin(sync)
         i, n = 0, len(rows)
         while i < n:                  # runs of one queue (a pass usually stores into one)
             qid = rows[i][0]
@@ -234,9 +249,9 @@ class SqliteStore:
                                 [r[1:] for r in rows[i:j]])
             i = j
 
-    def apply(self, qid: int, last_seq: int | None, changes: list, groups: list) -> None:
+    def apply(self, qid: int, last_seq: int | None, changes: list, groups: list, sync: bool = True) -> None:
         """Persist a queue's change log (see model.Queue.changes) and its dirty groups."""
-        self._begin()
+        self._begin(sync)
         db = self.db
         floors = {n: f for n, _cur, _cnt, f in groups}
         once, done_rows = self.once, self.done_rows
@@ -287,7 +302,12 @@ class SqliteStore:
             db.execute("UPDATE queues SET last_seq=? WHERE qid=?", (last_seq, qid))
 
     def commit(self) -> None:
-        """COMMIT (fsync).  Raises StoreFull or sqlite3.Error after rolling back."""
+        """COMMIT.  A transaction that needs it is durable when this returns: COMMIT at
+        synchronous=FULL fsyncs the WAL (which covers every earlier commit too), or, for one begun at
+        NORMAL, the WAL is fsynced right after.  Otherwise (only queues with sync "interval") the
+        transaction is in the WAL, in the OS (a process crash loses nothing), not fsynced:
+        `unsynced_since` says since when, and `sync_wal` fsyncs it.  Raises StoreFull or
+        sqlite3.Error after rolling back."""
         if not self.in_txn:
             return
         try:
@@ -299,6 +319,25 @@ class SqliteStore:
             raise
         finally:
             self.in_txn = False
+        if self.txn_sync:
+            if not self.full:
+                self.sync_wal()
+            self.unsynced_since = None
+        elif self.unsynced_since is None:
+            self.unsynced_since = time.monotonic()
+
+    def sync_wal(self) -> None:
+        """fsync the WAL: every commit made without sync becomes durable."""
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDONLY)
+        except FileNotFoundError:      # checkpointed and removed: the database file was synced
+            self.unsynced_since = None
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.unsynced_since = None
 
     def rollback(self) -> None:
         try:
@@ -311,5 +350,7 @@ class SqliteStore:
         try:
             if self.in_txn:
                 self.commit()
+            if self.unsynced_since is not None:
+                self.sync_wal()
         finally:
             self.db.close()
