@@ -79,3 +79,33 @@ def _fetch_ok(cons):
         return cons.fetch(10, timeout=1)
     except tscale.TscaleError:
         return None
+
+
+def _add_error(client, q, subjects, **kw):
+    """The error code of an add, or None once it succeeded (then the queue exists)."""
+    try:
+        client.queue_add(q, subjects, timeout=2, **kw)
+    except tscale.ServerError as exc:
+        return exc.code
+    return None
+
+
+def test_work_queue_overlap_is_checked_across_nodes(run):
+    a = run.add(HOSTS[0], workers=2, name="oa")
+    b = run.add(HOSTS[1], workers=2, join=[a], name="ob")
+    wait_one_tree([a, b])
+    ca, cb = run.client(a), run.client(b)
+    w, lim, lim2, w2 = qname("w"), qname("l"), qname("l2"), qname("w2")
+    ca.queue_add(w, f"{w}.>", retention="work")
+    # once A's interest reached B, a queue on B that would store some of the work queue's events is refused
+    wait_until(lambda: _add_error(cb, lim, f"{w}.x") == "bad_queue_config", timeout=20,
+               what="B refusing a pattern that overlaps A's work queue")
+    assert _add_error(cb, lim2, f"{lim2}.>") is None
+    # and a work queue on A that would share the limits queue's events on B
+    wait_until(lambda: _add_error(ca, w2, f"{lim2}.x", retention="work") == "bad_queue_config", timeout=20,
+               what="A refusing a work queue that overlaps B's queue")
+    assert _add_error(ca, w2, f"{w2}.>", retention="work") is None
+    # the work queue removed: its patterns are free again on B
+    ca.queue_rm(w)
+    wait_until(lambda: _add_error(cb, lim, f"{w}.x") is None, timeout=20,
+               what="B accepting the pattern once A's work queue is gone")

@@ -66,6 +66,7 @@ class QueueShell:
         self.catalog: dict[int, list] = {}     # other workers' [name, subjects, retention]
         self.remote: set[str] = set()          # queues seen homed on other nodes
         self.remote_patterns: dict[str, str] = {}   # their patterns -> queue name
+        self.remote_work: set[str] = set()     # those of them with retention work
         self.rows: list = []                   # message rows of this pass not yet handed to the store
         self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
         self.confirms: dict = {}               # batch name -> ([acks], [errors]) of this pass
@@ -150,6 +151,13 @@ class QueueShell:
             if pattern_error(ps) is not None:
                 continue            # too long to announce: other nodes answer such publishes no_queue
             s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + i), ps, None)
+            qs.subs.append(s)
+            self.w.table.add(s)
+            self.w._announce(s, +1, None)
+        if qs.q.cfg.retention == "work":
+            # `$QW.<queue>`: other nodes refuse a queue whose patterns overlap this one's
+            s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + api.MAX_SUBJECTS_SID - 1),
+                             api.work_subject(qs.q.cfg.name), None)
             qs.subs.append(s)
             self.w.table.add(s)
             self.w._announce(s, +1, None)
@@ -344,10 +352,22 @@ class QueueShell:
         return self._info(qs)
 
     def _check_overlap(self, cfg: QueueConfig) -> None:
-        """A work queue must be the only queue storing its events (one group deletes them)."""
+        """A work queue must be the only queue storing its events (one group deletes them).  Checked
+        against this node's queues and those of other nodes whose interest is here now (a queue
+        seen once but whose `$Q.<queue>` interest is gone, removed or unreachable, is not counted)."""
         others = [[n, qs.q.cfg.subjects, qs.q.cfg.retention] for n, qs in self.queues.items()]
         for defs in self.catalog.values():
             others += defs
+        if self.remote_patterns:
+            local = {o[0] for o in others}
+            remote: dict[str, list] = {}
+            for pattern, queue in self.remote_patterns.items():
+                if queue not in local:
+                    remote.setdefault(queue, []).append(pattern)
+            route = self.w.table.route
+            for queue, patterns in remote.items():
+                if route(api.api_subject(queue)).peers:
+                    others.append([queue, patterns, "work" if queue in self.remote_work else "limits"])
         for name, subjects, retention in others:
             if name == cfg.name or (retention != "work" and cfg.retention != "work"):
                 continue
@@ -532,6 +552,9 @@ class QueueShell:
                 continue
             if p.startswith(api.API_PREFIX) and not p.startswith(api.LS_PREFIX):
                 self.remote.add(p[len(api.API_PREFIX):])
+            elif p.startswith(api.WORK_PREFIX):
+                if len(self.remote_work) < 100_000:
+                    self.remote_work.add(p[len(api.WORK_PREFIX):])
             elif p.startswith(api.PATTERNS_PREFIX):
                 queue, _, pattern = p[len(api.PATTERNS_PREFIX):].partition(".")
                 if pattern and len(self.remote_patterns) < 100_000:

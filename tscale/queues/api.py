@@ -29,7 +29,8 @@ from .model import E_BAD_REQUEST, MAX_BATCH, QueueError, group_error, name_error
 API_PREFIX = "$Q."
 LS_PREFIX = "$Q.$LS."
 PATTERNS_PREFIX = "$QS."          # `$QS.<queue>.<pattern>`: interest that tells other nodes a queue's patterns
-MAX_SUBJECTS_SID = 100            # sids of the pattern announcements: qid * this + index
+WORK_PREFIX = "$QW."              # `$QW.<queue>`: interest that tells other nodes a queue has retention work
+MAX_SUBJECTS_SID = 100            # sids of the pattern announcements: qid * this + index (99: the $QW. one)
 DLQ_PREFIX = "$DLQ."
 H_CONFIRM = "Tscale-Confirm"
 H_MSG_ID = "Tscale-Msg-Id"
@@ -48,6 +49,10 @@ def api_subject(queue: str) -> str:
 
 def pattern_subject(queue: str, pattern: str) -> str:
     return PATTERNS_PREFIX + queue + "." + pattern
+
+
+def work_subject(queue: str) -> str:
+    return WORK_PREFIX + queue
 
 
 def dlq_subject(queue: str) -> str:
