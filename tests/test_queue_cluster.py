@@ -109,3 +109,33 @@ def test_work_queue_overlap_is_checked_across_nodes(run):
     ca.queue_rm(w)
     wait_until(lambda: _add_error(cb, lim, f"{w}.x") is None, timeout=20,
                what="B accepting the pattern once A's work queue is gone")
+
+
+def test_home_option_adds_the_queue_on_the_named_node(run):
+    a = run.add(HOSTS[0], workers=2, name="ha")
+    b = run.add(HOSTS[1], workers=2, join=[a], name="hb")
+    wait_one_tree([a, b])
+    ca, cb = run.client(a), run.client(b)
+    q = qname("hq")
+    # from B, for A: forwarded to A once A's `$QH.` interest reached B
+    info = wait_until(lambda: _add_info(cb, q, f"{q}.>", home="ha"), timeout=20, what="an add from B homed on A")
+    assert info["config"]["home"] == "ha"
+    assert ca.queue_info(q)["config"]["home"] == "ha"
+    assert [d["config"]["name"] for d in ca.queue_ls()] == [q] and cb.queue_ls() == []
+    ack = wait_until(lambda: _confirm(cb, f"{q}.x", b"1"), timeout=20, what="a confirmed publish from B")
+    assert ack.queue == q and ack.seq == 1
+    # the same add again is a no-op; another definition is refused; an unknown node is unavailable
+    assert cb.queue_add(q, f"{q}.>", home="ha")["config"]["home"] == "ha"
+    with pytest.raises(tscale.ServerError) as e:
+        cb.queue_add(q, f"{q}.other", home="ha")
+    assert e.value.code == "queue_exists"
+    with pytest.raises(tscale.ServerError) as e:
+        cb.queue_add(qname("hq2"), "hq2x.>", home="nosuch")
+    assert e.value.code == "queue_unavailable" and "nosuch" in e.value.message
+
+
+def _add_info(client, q, subjects, **kw):
+    try:
+        return client.queue_add(q, subjects, timeout=2, **kw)
+    except tscale.TscaleError:
+        return None

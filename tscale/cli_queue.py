@@ -56,8 +56,8 @@ def add(
     backoff: Optional[str] = typer.Option(None, help="S[,S...] waits of successive deliveries (replaces "
                                                     "--ack-wait)"),
     dedupe_window: Optional[float] = typer.Option(None, help="msg ids are remembered S seconds [default 120]"),
-    home: Optional[str] = typer.Option(None, help="the node that holds the queue [default: the node you are "
-                                                 "connected to, the only one supported today]"),
+    home: Optional[str] = typer.Option(None, help="the node that holds the queue: its node name; the add is "
+                                                 "forwarded there [default: the node you are connected to]"),
     sync: Optional[str] = typer.Option(None, help="always (fsync before every confirm) or interval (confirm "
                                                  "after the write, fsync at most 1 s later: a machine crash "
                                                  "can lose the last second) [default always]"),

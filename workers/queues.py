@@ -30,9 +30,11 @@ from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_
                                  QueueConfig, QueueError, STARTING, SYNC_INTERVAL, patterns_overlap)
 from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
 from tscale.routing import Subscription
+from tscale.queues.model import name_error as name_error_queue
 from tscale.subjects import matches, pattern_error
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+H_FORWARDED = "Tscale-Home-Fwd"   # on an add a node handed on from `$QH.`: never forwarded again
 IDLE_CHECKPOINT = 1.0     # seconds without a commit before the WAL is checkpointed and truncated
 REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
 
@@ -84,12 +86,23 @@ class QueueShell:
         self.beacon.direct = False             # announced like a proxied subscription (wildcards too)
         self.beacon.sink = lambda out: None
         self.beacon.name = "queue-api-interest"
+        # `--home NODE`: an add for a queue homed on another node is forwarded to that node as
+        # `$QH.<node hash>.<queue>`; each node subscribes its own (announced, so it routes here)
+        self.home_api = Connection(b"", 0.0)
+        self.home_api.direct = True
+        self.home_api.sink = self._take_home
+        self.home_api.name = "queue-home-api"
+        self.home_prefix = api.HOME_PREFIX + api.node_token(self.node_name) + "."
+        worker.table.add(Subscription(self.home_api, 0, self.home_prefix + ">", None))
 
     # -- start / stop -----------------------------------------------------------
     def start(self) -> None:
         """Open the store and subscribe every queue.  Called once the in-host bus is synced, so the
         queues' interest announcements reach every other worker."""
         self.started = True
+        s = Subscription(self.beacon, -1, self.home_prefix + ">", None)
+        self.w.table.add(s)
+        self.w._announce(s, +1, None)
         try:
             self.store = SqliteStore(self.path)
             self._load()
@@ -249,7 +262,8 @@ class QueueShell:
             reply = meta[1] if meta is not None else None
             try:
                 op, queue, req = api.decode_request(name, payload)
-                value = self._request(op, queue, req, reply)
+                value = self._request(op, queue, req, reply, payload,
+                                      meta is not None and bool(meta[0]) and H_FORWARDED in meta[0])
                 if reply is not None and value is not None:
                     self.outbox.append(("api", reply, api.ok(value), None))
             except QueueError as exc:
@@ -261,9 +275,35 @@ class QueueShell:
                     self.outbox.append(("api", reply, api.error("internal", f"{type(exc).__name__}: {exc}"), None))
         self.dirty = True
 
-    def _request(self, op: str, queue: str | None, req: dict, reply: str | None):
+    def _take_home(self, out: list) -> None:
+        """Adds forwarded here by another node (`--home` naming this node): handed to this node's
+        home worker of the queue as the ordinary add request they are, same payload and reply name."""
+        for i in range(1, len(out), 4):
+            name, payload, meta = out[i + 1], out[i + 2], out[i + 3]
+            queue = name[len(self.home_prefix):]
+            reply = meta[1] if meta is not None else None
+            if name_error_queue(queue) is None and reply is not None:
+                self.outbox.append(("fwd", api.api_subject(queue), payload, [{H_FORWARDED: "1"}, reply]))
+        self.dirty = True
+
+    def _forward_add(self, queue: str, home: str, reply: str | None, payload: bytes) -> None:
+        subject = api.home_subject(home, queue)
+        if not self.w.table.route(subject).peers:
+            raise QueueError(E_UNAVAILABLE, f"--home {home!r}: no node of that name is reachable from "
+                                            f"{self.node_name!r}")
+        self.outbox.append(("fwd", subject, payload, [None, reply]))
+
+    def _request(self, op: str, queue: str | None, req: dict, reply: str | None, payload: bytes = b"",
+                 forwarded: bool = False):
         if op == "ls":
             return [self._info(qs) for qs in self.queues.values()]
+        if op == "add" and queue not in self.queues:
+            home = req["config"].get("home")
+            if type(home) is str and home and home != self.node_name:
+                if forwarded:
+                    return None     # handed on by the named node, and routed here too: that node answers
+                self._forward_add(queue, home, reply, payload)
+                return None         # that node answers
         if not self.started:
             raise QueueError(E_UNAVAILABLE, STARTING)
         if self.refused is not None:
@@ -333,10 +373,7 @@ class QueueShell:
         if config["name"] != queue:
             raise QueueError(E_BAD_CONFIG, "the config's name differs from the request's subject")
         if not config.get("home"):
-            config["home"] = self.node_name
-        elif config["home"] != self.node_name:
-            raise QueueError(E_BAD_CONFIG, f"--home {config['home']!r}: this node is {self.node_name!r}; "
-                                           "add the queue while connected to its home node")
+            config["home"] = self.node_name     # (another node's name was forwarded there by _request)
         cfg = QueueConfig.parse(config)
         existing = self.queues.get(queue)
         if existing is not None:
@@ -485,6 +522,8 @@ class QueueShell:
         for kind, reply, payload, meta in self.outbox:
             if kind in ("confirm", "api"):
                 kept.append((kind, reply, api.error(code, f"not stored: {exc}"), None))
+            elif kind == "fwd":          # handed on to another node or worker: nothing of it was stored here
+                kept.append((kind, reply, payload, meta))
             elif kind == "fetch":
                 kept.append((kind, reply, api.fetch_chunk([], True), None))
         self.outbox = kept

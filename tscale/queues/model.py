@@ -118,7 +118,7 @@ class QueueConfig:
             e = pattern_error(p)
             if e:
                 raise QueueError(E_BAD_CONFIG, e)
-            if p.startswith(("$Q.", "$QS.", "$QW.")) or p in ("$Q", "$QS", "$QW") or p.startswith("_INBOX.") or p.startswith(">") or p.startswith("*"):
+            if p.startswith(("$Q.", "$QS.", "$QW.", "$QH.")) or p in ("$Q", "$QS", "$QW", "$QH") or p.startswith("_INBOX.") or p.startswith(">") or p.startswith("*"):
                 raise QueueError(E_BAD_CONFIG, f"pattern {p!r} would capture internal or every name; "
                                                "give a first token")
         c = cls(name=d["name"], subjects=list(subjects))
