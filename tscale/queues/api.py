@@ -152,7 +152,10 @@ def confirm_wanted(meta) -> tuple[str | None, str | None, str | None]:
 
 def stored_meta(meta):
     """What is kept of a confirmed event's meta: its headers (msg id included) without the confirm request."""
-    h = {k: v for k, v in meta[0].items() if k != H_CONFIRM}
+    h = meta[0]
+    if len(h) == 1 and H_CONFIRM in h:
+        return None             # the common case: only the confirm request
+    h = {k: v for k, v in h.items() if k != H_CONFIRM}
     return [h, None] if h else None
 
 

@@ -178,6 +178,8 @@ class Group:
         keep a row per first delivery: it keeps the floor, the finished sequences above it, and the
         redeliveries (docs/QUEUES.md, "On disk")."""
         f, cursor, pending = self.floor, self.cursor, self.pending
+        if not pending:
+            f = cursor              # (the cursor may have jumped far, past discarded events)
         while f < cursor and f not in pending:
             f += 1
         self.floor = f
