@@ -79,3 +79,63 @@ def _fetch_ok(cons):
         return cons.fetch(10, timeout=1)
     except tscale.TscaleError:
         return None
+
+
+def _add_error(client, q, subjects, **kw):
+    """The error code of an add, or None once it succeeded (then the queue exists)."""
+    try:
+        client.queue_add(q, subjects, timeout=2, **kw)
+    except tscale.ServerError as exc:
+        return exc.code
+    return None
+
+
+def test_work_queue_overlap_is_checked_across_nodes(run):
+    a = run.add(HOSTS[0], workers=2, name="oa")
+    b = run.add(HOSTS[1], workers=2, join=[a], name="ob")
+    wait_one_tree([a, b])
+    ca, cb = run.client(a), run.client(b)
+    w, lim, lim2, w2 = qname("w"), qname("l"), qname("l2"), qname("w2")
+    ca.queue_add(w, f"{w}.>", retention="work")
+    # once A's interest reached B, a queue on B that would store some of the work queue's events is refused
+    wait_until(lambda: _add_error(cb, lim, f"{w}.x") == "bad_queue_config", timeout=20,
+               what="B refusing a pattern that overlaps A's work queue")
+    assert _add_error(cb, lim2, f"{lim2}.>") is None
+    # and a work queue on A that would share the limits queue's events on B
+    wait_until(lambda: _add_error(ca, w2, f"{lim2}.x", retention="work") == "bad_queue_config", timeout=20,
+               what="A refusing a work queue that overlaps B's queue")
+    assert _add_error(ca, w2, f"{w2}.>", retention="work") is None
+    # the work queue removed: its patterns are free again on B
+    ca.queue_rm(w)
+    wait_until(lambda: _add_error(cb, lim, f"{w}.x") is None, timeout=20,
+               what="B accepting the pattern once A's work queue is gone")
+
+
+def test_home_option_adds_the_queue_on_the_named_node(run):
+    a = run.add(HOSTS[0], workers=2, name="ha")
+    b = run.add(HOSTS[1], workers=2, join=[a], name="hb")
+    wait_one_tree([a, b])
+    ca, cb = run.client(a), run.client(b)
+    q = qname("hq")
+    # from B, for A: forwarded to A once A's `$QH.` interest reached B
+    info = wait_until(lambda: _add_info(cb, q, f"{q}.>", home="ha"), timeout=20, what="an add from B homed on A")
+    assert info["config"]["home"] == "ha"
+    assert ca.queue_info(q)["config"]["home"] == "ha"
+    assert [d["config"]["name"] for d in ca.queue_ls()] == [q] and cb.queue_ls() == []
+    ack = wait_until(lambda: _confirm(cb, f"{q}.x", b"1"), timeout=20, what="a confirmed publish from B")
+    assert ack.queue == q and ack.seq == 1
+    # the same add again is a no-op; another definition is refused; an unknown node is unavailable
+    assert cb.queue_add(q, f"{q}.>", home="ha")["config"]["home"] == "ha"
+    with pytest.raises(tscale.ServerError) as e:
+        cb.queue_add(q, f"{q}.other", home="ha")
+    assert e.value.code == "queue_exists"
+    with pytest.raises(tscale.ServerError) as e:
+        cb.queue_add(qname("hq2"), "hq2x.>", home="nosuch")
+    assert e.value.code == "queue_unavailable" and "nosuch" in e.value.message
+
+
+def _add_info(client, q, subjects, **kw):
+    try:
+        return client.queue_add(q, subjects, timeout=2, **kw)
+    except tscale.TscaleError:
+        return None

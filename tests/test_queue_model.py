@@ -6,12 +6,12 @@ import sqlite3
 
 import msgpack
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tscale.queues import api
 from tscale.queues.model import Queue, QueueConfig, QueueError, patterns_overlap
-from tscale.queues.store import SqliteStore, StoreRefused
+from tscale.queues.store import SCHEMA_VERSION, SqliteStore, StoreRefused
 from tscale.subjects import matches
 
 
@@ -37,7 +37,7 @@ def test_patterns_overlap_agrees_with_brute_force(a, b):
 @pytest.mark.parametrize("bad", [
     {"name": "has space", "subjects": ["x"]}, {"name": "q", "subjects": "x"}, {"name": "q", "subjects": ["$Q.x"]},
     {"name": "q", "subjects": ["x"], "max_bytes": 1.5}, {"name": "q", "subjects": ["x"], "backoff": [0]},
-    {"name": "q", "subjects": ["x"], "discard": "both"}, {"name": "q", "subjects": ["x"], "max_age": True and "1"},
+    {"name": "q", "subjects": ["x"], "discard": "both"}, {"name": "q", "subjects": ["x"], "sync": "never"}, {"name": "q", "subjects": ["x"], "max_age": True and "1"},
 ])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(QueueError) as e:
@@ -121,11 +121,13 @@ _op = st.one_of(
 )
 
 
-def _run(q: Queue, ops, on_deliver=lambda seq, n: None):
+def _run(q: Queue, ops, on_deliver=lambda seq, n: None, after_op=None):
     now = 0.0
     g = q.group("g")
     held: list = []
     for op, arg in ops:
+        if after_op is not None:
+            after_op()
         if op == "append":
             for _ in range(arg):
                 q.append(now, 5)
@@ -188,25 +190,33 @@ def test_random_operations_keep_the_promises(ops, retention, max_deliver):
 
 
 # -- persistence round trip -----------------------------------------------------------
-@settings(max_examples=40, deadline=None)
-@given(st.lists(_op, max_size=40))
-def test_store_round_trip_restores_the_model(tmp_path_factory, ops):
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_op, max_size=40), st.booleans(), st.sampled_from(["limits", "work"]))
+@example([("append", 3), ("fetch", 3), ("ack", 1)], False, "limits")          # an ack above the floor
+@example([("append", 4), ("fetch", 4), ("ack", 2), ("ack", 0)], True, "limits")   # the floor passes it
+@example([("append", 4), ("fetch", 4), ("ack", 2), ("time", 2.0), ("fetch", 4), ("ack", 0)], True, "work")
+def test_store_round_trip_restores_the_model(tmp_path_factory, ops, every_op, retention):
+    """Persisted once at the end, or after every operation (as the worker commits every pass):
+    the restored group has the same cursor, counters and unacked deliveries (with their counts)."""
     path = str(tmp_path_factory.mktemp("db") / "w0.db")
     store = SqliteStore(path)
-    c = cfg(ack_wait=1.0, max_msgs=8)
+    c = cfg(ack_wait=1.0, max_msgs=8, retention=retention)
     q = Queue(c)
     qid = store.add_queue(c.to_dict())
     orig_append = q.append
+
+    def persist():
+        changes, groups = q.take_changes()
+        store.apply(qid, q.last_seq, changes, groups)
+        store.commit()
 
     def append(now, size, msg_id=None):
         seq, dup = orig_append(now, size, msg_id)
         store.append([(qid, seq, now, "q.x", b"p" * size, None, msg_id)])
         return seq, dup
     q.append = append
-    _run(q, ops)
-    changes, groups = q.take_changes()
-    store.apply(qid, q.last_seq, changes, groups)
-    store.commit()
+    _run(q, ops, after_op=persist if every_op else None)
+    persist()
     store.close()
     store2 = SqliteStore(path)
     [(qid2, config, last_seq, msgs, gs)] = list(store2.load())
@@ -226,7 +236,7 @@ def test_store_round_trip_restores_the_model(tmp_path_factory, ops):
 def test_store_refuses_newer_and_damaged_files_without_touching_them(tmp_path):
     newer = tmp_path / "newer.db"
     db = sqlite3.connect(newer)
-    db.execute("PRAGMA user_version=2")
+    db.execute("PRAGMA user_version=99")
     db.commit()
     db.close()
     with pytest.raises(StoreRefused, match="newer"):
@@ -259,3 +269,89 @@ def test_ls_subjects_cover_every_worker():
     for n in (1, 2, 7, 64):
         subs = api.ls_subjects(n)
         assert [shard_of(s, n) for s in subs] == list(range(n))
+
+
+def test_store_migrates_a_schema_1_file(tmp_path):
+    """A file of schema 1 (a row per unacked delivery, no floor) opens, keeps its deliveries, and
+    its once-delivered rows are removed when acked."""
+    path = str(tmp_path / "w0.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
+                             last_seq INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE msgs (qid INTEGER NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, name TEXT NOT NULL,
+                           payload BLOB NOT NULL, meta BLOB, msg_id TEXT, PRIMARY KEY (qid, seq)) WITHOUT ROWID;
+        CREATE TABLE groups (qid INTEGER NOT NULL, name TEXT NOT NULL, cursor INTEGER NOT NULL,
+                             counters BLOB NOT NULL, PRIMARY KEY (qid, name)) WITHOUT ROWID;
+        CREATE TABLE pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                              deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+        PRAGMA user_version=1;
+    """)
+    c = cfg()
+    db.execute("INSERT INTO queues VALUES (1, 'q', ?, 4)", (msgpack.packb(c.to_dict()),))
+    for seq in range(1, 5):
+        db.execute("INSERT INTO msgs VALUES (1, ?, 0.0, 'q.x', x'00', NULL, NULL)", (seq,))
+    db.execute("INSERT INTO groups VALUES (1, 'g', 4, ?)", (msgpack.packb([3, 1, 1, 0, 0]),))
+    db.executemany("INSERT INTO pending VALUES (1, 'g', ?, ?)", [(2, 1), (3, 2)])
+    db.close()
+
+    def load(store):
+        [(qid, config, last_seq, msgs, gs)] = list(store.load())
+        q = Queue(QueueConfig.parse(config))
+        for seq, ts, size, msg_id in msgs:
+            q.restore_msg(seq, ts, size, msg_id)
+        q.last_seq = last_seq
+        for name, cursor, counters, pend in gs:
+            q.restore_group(name, cursor, counters, pend, 0.0)
+        return qid, q
+
+    store = SqliteStore(path)
+    qid, q = load(store)
+    g = q.groups["g"]
+    assert {s: p[1] for s, p in g.pending.items()} == {2: 1, 3: 2} and g.cursor == 4
+    assert q.ack(g, 2)
+    changes, groups = q.take_changes()
+    store.apply(qid, q.last_seq, changes, groups)
+    store.commit()
+    store.close()
+    store = SqliteStore(path)
+    _qid, q = load(store)
+    assert {s: p[1] for s, p in q.groups["g"].pending.items()} == {3: 2}
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    store.close()
+
+
+def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
+    """sync "interval": a transaction of such writes runs at synchronous=NORMAL; its COMMIT is
+    readable by a new connection at once (in the WAL, in the OS), is remembered as unsynced until
+    sync_wal, and a write that needs the fsync makes the commit sync (covering the earlier ones)."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    c = cfg(sync="interval")
+    assert c.sync == "interval" and QueueConfig.parse(c.to_dict()) == c
+    qid = store.add_queue(c.to_dict())
+    store.commit()
+    assert store.unsynced_since is None
+    level = lambda: store.db.execute("PRAGMA synchronous").fetchone()[0]   # noqa: E731
+    assert level() == 2                                                   # FULL
+    store.append([(qid, 1, 0.0, "q.x", b"p", None, None)], sync=False)
+    assert level() == 1                                                   # NORMAL
+    store.commit()
+    assert store.unsynced_since is not None
+    other = sqlite3.connect(path)
+    assert other.execute(f"SELECT count(*) FROM m{qid}").fetchone()[0] == 1
+    other.close()
+    store.sync_wal()
+    assert store.unsynced_since is None
+    store.append([(qid, 2, 0.0, "q.x", b"p", None, None)], sync=False)
+    store.commit()
+    assert store.unsynced_since is not None
+    store.append([(qid, 3, 0.0, "q.x", b"p", None, None)], sync=False)
+    store.apply(qid, 3, [], [], sync=True)       # a write that needs the fsync joins: WAL fsynced at commit
+    store.commit()
+    assert store.unsynced_since is None
+    store.append([(qid, 4, 0.0, "q.x", b"p", None, None)])
+    assert level() == 2                          # a new transaction for an "always" write: FULL again
+    store.commit()
+    store.close()

@@ -506,6 +506,20 @@ class Client(CoreView):
 class Consumer(qc.ConsumerCore):
     """Pull consumer: `await fetch(batch, timeout)` or `async for`; `await msg.ack()` / nak / in_progress / term."""
 
+    async def _answer(self, op: str, seq: int, delay):
+        c = self._client
+        c._check_open()
+        r = self._queue_answer(op, seq, delay)
+        if r < 0:
+            k = -1 - r
+            q = c._outq[k]
+            q.append(c._core.take_batch(k))
+            while len(q) > MAX_QUEUED_FRAMES:
+                c._drained.clear()
+                c._wake.set()
+                await c._drained.wait()
+        c._wake.set()
+
     async def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         c = self._client
         c._check_open()

@@ -56,15 +56,19 @@ def add(
     backoff: Optional[str] = typer.Option(None, help="S[,S...] waits of successive deliveries (replaces "
                                                     "--ack-wait)"),
     dedupe_window: Optional[float] = typer.Option(None, help="msg ids are remembered S seconds [default 120]"),
-    home: Optional[str] = typer.Option(None, help="the node that holds the queue [default: the node you are "
-                                                 "connected to, the only one supported today]"),
+    home: Optional[str] = typer.Option(None, help="the node that holds the queue: its node name; the add is "
+                                                 "forwarded there [default: the node you are connected to]"),
+    sync: Optional[str] = typer.Option(None, help="always (fsync before every confirm) or interval (confirm "
+                                                 "after the write, fsync at most 1 s later: a machine crash "
+                                                 "can lose the last second) [default always]"),
     server: Optional[str] = ServerOpt,
 ):
     """Create a queue (the same definition again is a no-op)."""
     with _session(server, "tscale-queue") as c:
         info = c.queue_add(name, subjects, retention=retention, max_msgs=max_msgs, max_bytes=max_bytes,
                            max_age=max_age, discard=discard, ack_wait=ack_wait, max_deliver=max_deliver,
-                           backoff=_floats(backoff, "--backoff"), dedupe_window=dedupe_window, home=home)
+                           backoff=_floats(backoff, "--backoff"), dedupe_window=dedupe_window, home=home,
+                           sync=sync)
     cfg = info["config"]
     print(f"queue {cfg['name']} on {cfg['home']} stores {', '.join(cfg['subjects'])} ({cfg['retention']})")
 
@@ -101,7 +105,7 @@ def info(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "-
     print(f"  retention {cfg['retention']}, max_msgs {cfg['max_msgs'] or '-'}, max_bytes {cfg['max_bytes'] or '-'}, "
           f"max_age {cfg['max_age'] or '-'}, discard {cfg['discard']}, ack_wait {cfg['ack_wait']:g}s, "
           f"max_deliver {cfg['max_deliver'] or '-'}, backoff {cfg['backoff'] or '-'}, "
-          f"dedupe_window {cfg['dedupe_window']:g}s")
+          f"dedupe_window {cfg['dedupe_window']:g}s, sync {cfg.get('sync', 'always')}")
     print(f"  messages {d['messages']:,}  bytes {d['bytes']:,}  seq {d['first_seq']}..{d['last_seq']}  "
           f"discarded {d['discarded']:,}  database on disk {d['db_disk_bytes']:,} bytes (whole worker)")
     for g, s in sorted(d["groups"].items()):

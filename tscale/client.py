@@ -625,7 +625,7 @@ class Client(CoreView):
 
     def queue_add(self, name: str, subjects, *, timeout: float = 5.0, **options) -> dict:
         """Create a durable queue (options as in `tscale queue add`: retention, max_msgs, max_bytes,
-        max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home); returns its info."""
+        max_age, discard, ack_wait, max_deliver, backoff, dedupe_window, home, sync); returns its info."""
         return self._q_call(qc.subject_for(name), "add", timeout, config=qc.queue_config(name, subjects, **options))
 
     def queue_info(self, name: str, timeout: float = 5.0) -> dict:
@@ -699,6 +699,16 @@ class Client(CoreView):
 
 class Consumer(qc.ConsumerCore):
     """Pull consumer: `fetch(batch, timeout)` or iterate; answer each QueueMsg with ack/nak/in_progress/term."""
+
+    def _answer(self, op: str, seq: int, delay):
+        c = self._client
+        c._check_open()
+        with c._lock:
+            r = self._queue_answer(op, seq, delay)
+            if r < 0:
+                c._batch_full(-1 - r)
+        if c._sleeping:
+            os.eventfd_write(c._efd, 1)
 
     def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         """Up to `batch` deliveries, waiting up to `timeout` seconds for the first; [] if none came."""

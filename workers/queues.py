@@ -27,12 +27,15 @@ from tscale import bus, protocol
 from tscale.connstate import Connection
 from tscale.queues import api
 from tscale.queues.model import (E_BAD_CONFIG, E_EXISTS, E_NOT_FOUND, E_STORAGE_FULL, E_UNAVAILABLE, Queue,
-                                 QueueConfig, QueueError, STARTING, patterns_overlap)
+                                 QueueConfig, QueueError, STARTING, SYNC_INTERVAL, patterns_overlap)
 from tscale.queues.store import SqliteStore, StoreFull, StoreRefused
 from tscale.routing import Subscription
+from tscale.queues.model import name_error as name_error_queue
 from tscale.subjects import matches, pattern_error
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+H_FORWARDED = "Tscale-Home-Fwd"   # on an add a node handed on from `$QH.`: never forwarded again
+IDLE_CHECKPOINT = 1.0     # seconds without a commit before the WAL is checkpointed and truncated
 REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger event goes alone)
 
 
@@ -65,12 +68,15 @@ class QueueShell:
         self.catalog: dict[int, list] = {}     # other workers' [name, subjects, retention]
         self.remote: set[str] = set()          # queues seen homed on other nodes
         self.remote_patterns: dict[str, str] = {}   # their patterns -> queue name
+        self.remote_work: set[str] = set()     # those of them with retention work
         self.rows: list = []                   # message rows of this pass not yet handed to the store
         self.outbox: list = []                 # (kind, name, payload, meta) published after COMMIT
         self.confirms: dict = {}               # batch name -> ([acks], [errors]) of this pass
         self.dirty = False
         self.failed: Exception | None = None   # a write of this pass failed: roll back at commit
         self.stats = {"stored": 0, "confirmed": 0, "storage_errors": 0, "commits": 0}
+        self.last_commit = 0.0                 # monotonic time of the last COMMIT
+        self.wal_dirty = False                 # committed since the last idle checkpoint
         self.api = Connection(b"", 0.0)
         self.api.direct = True                 # local only: never announced, never proxied
         self.api.sink = self._take_api
@@ -80,12 +86,23 @@ class QueueShell:
         self.beacon.direct = False             # announced like a proxied subscription (wildcards too)
         self.beacon.sink = lambda out: None
         self.beacon.name = "queue-api-interest"
+        # `--home NODE`: an add for a queue homed on another node is forwarded to that node as
+        # `$QH.<node hash>.<queue>`; each node subscribes its own (announced, so it routes here)
+        self.home_api = Connection(b"", 0.0)
+        self.home_api.direct = True
+        self.home_api.sink = self._take_home
+        self.home_api.name = "queue-home-api"
+        self.home_prefix = api.HOME_PREFIX + api.node_token(self.node_name) + "."
+        worker.table.add(Subscription(self.home_api, 0, self.home_prefix + ">", None))
 
     # -- start / stop -----------------------------------------------------------
     def start(self) -> None:
         """Open the store and subscribe every queue.  Called once the in-host bus is synced, so the
         queues' interest announcements reach every other worker."""
         self.started = True
+        s = Subscription(self.beacon, -1, self.home_prefix + ">", None)
+        self.w.table.add(s)
+        self.w._announce(s, +1, None)
         try:
             self.store = SqliteStore(self.path)
             self._load()
@@ -150,6 +167,13 @@ class QueueShell:
             qs.subs.append(s)
             self.w.table.add(s)
             self.w._announce(s, +1, None)
+        if qs.q.cfg.retention == "work":
+            # `$QW.<queue>`: other nodes refuse a queue whose patterns overlap this one's
+            s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + api.MAX_SUBJECTS_SID - 1),
+                             api.work_subject(qs.q.cfg.name), None)
+            qs.subs.append(s)
+            self.w.table.add(s)
+            self.w._announce(s, +1, None)
         qs.overlap = any(patterns_overlap(a, b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
         conn = qs.conn = Connection(b"", 0.0)
         conn.name = "queue:" + qs.q.cfg.name
@@ -206,7 +230,7 @@ class QueueShell:
                 self._confirm(reply, batch, [reply, qname, seq, dup], None)
         qs.touched = True
         self.dirty = True
-        self._write_rows()
+        self._write_rows(q.cfg.sync == "always")
 
     def _confirm(self, reply: str, batch: str | None, ack: list | None, error: list | None) -> None:
         """Queue one confirm: into the pass's batch for `batch`, or as its own reply event."""
@@ -222,10 +246,10 @@ class QueueShell:
         else:
             b[1].append(error)
 
-    def _write_rows(self) -> None:
+    def _write_rows(self, sync: bool = True) -> None:
         if self.rows and self.failed is None:
             try:
-                self.store.append(self.rows)
+                self.store.append(self.rows, sync)
                 self.stats["stored"] += len(self.rows)
             except sqlite3.Error as exc:
                 self.failed = exc
@@ -238,7 +262,8 @@ class QueueShell:
             reply = meta[1] if meta is not None else None
             try:
                 op, queue, req = api.decode_request(name, payload)
-                value = self._request(op, queue, req, reply)
+                value = self._request(op, queue, req, reply, payload,
+                                      meta is not None and bool(meta[0]) and H_FORWARDED in meta[0])
                 if reply is not None and value is not None:
                     self.outbox.append(("api", reply, api.ok(value), None))
             except QueueError as exc:
@@ -250,9 +275,35 @@ class QueueShell:
                     self.outbox.append(("api", reply, api.error("internal", f"{type(exc).__name__}: {exc}"), None))
         self.dirty = True
 
-    def _request(self, op: str, queue: str | None, req: dict, reply: str | None):
+    def _take_home(self, out: list) -> None:
+        """Adds forwarded here by another node (`--home` naming this node): handed to this node's
+        home worker of the queue as the ordinary add request they are, same payload and reply name."""
+        for i in range(1, len(out), 4):
+            name, payload, meta = out[i + 1], out[i + 2], out[i + 3]
+            queue = name[len(self.home_prefix):]
+            reply = meta[1] if meta is not None else None
+            if name_error_queue(queue) is None and reply is not None:
+                self.outbox.append(("fwd", api.api_subject(queue), payload, [{H_FORWARDED: "1"}, reply]))
+        self.dirty = True
+
+    def _forward_add(self, queue: str, home: str, reply: str | None, payload: bytes) -> None:
+        subject = api.home_subject(home, queue)
+        if not self.w.table.route(subject).peers:
+            raise QueueError(E_UNAVAILABLE, f"--home {home!r}: no node of that name is reachable from "
+                                            f"{self.node_name!r}")
+        self.outbox.append(("fwd", subject, payload, [None, reply]))
+
+    def _request(self, op: str, queue: str | None, req: dict, reply: str | None, payload: bytes = b"",
+                 forwarded: bool = False):
         if op == "ls":
             return [self._info(qs) for qs in self.queues.values()]
+        if op == "add" and queue not in self.queues:
+            home = req["config"].get("home")
+            if type(home) is str and home and home != self.node_name:
+                if forwarded:
+                    return None     # handed on by the named node, and routed here too: that node answers
+                self._forward_add(queue, home, reply, payload)
+                return None         # that node answers
         if not self.started:
             raise QueueError(E_UNAVAILABLE, STARTING)
         if self.refused is not None:
@@ -322,10 +373,7 @@ class QueueShell:
         if config["name"] != queue:
             raise QueueError(E_BAD_CONFIG, "the config's name differs from the request's subject")
         if not config.get("home"):
-            config["home"] = self.node_name
-        elif config["home"] != self.node_name:
-            raise QueueError(E_BAD_CONFIG, f"--home {config['home']!r}: this node is {self.node_name!r}; "
-                                           "add the queue while connected to its home node")
+            config["home"] = self.node_name     # (another node's name was forwarded there by _request)
         cfg = QueueConfig.parse(config)
         existing = self.queues.get(queue)
         if existing is not None:
@@ -341,10 +389,22 @@ class QueueShell:
         return self._info(qs)
 
     def _check_overlap(self, cfg: QueueConfig) -> None:
-        """A work queue must be the only queue storing its events (one group deletes them)."""
+        """A work queue must be the only queue storing its events (one group deletes them).  Checked
+        against this node's queues and those of other nodes whose interest is here now (a queue
+        seen once but whose `$Q.<queue>` interest is gone, removed or unreachable, is not counted)."""
         others = [[n, qs.q.cfg.subjects, qs.q.cfg.retention] for n, qs in self.queues.items()]
         for defs in self.catalog.values():
             others += defs
+        if self.remote_patterns:
+            local = {o[0] for o in others}
+            remote: dict[str, list] = {}
+            for pattern, queue in self.remote_patterns.items():
+                if queue not in local:
+                    remote.setdefault(queue, []).append(pattern)
+            route = self.w.table.route
+            for queue, patterns in remote.items():
+                if route(api.api_subject(queue)).peers:
+                    others.append([queue, patterns, "work" if queue in self.remote_work else "limits"])
         for name, subjects, retention in others:
             if name == cfg.name or (retention != "work" and cfg.retention != "work"):
                 continue
@@ -409,6 +469,8 @@ class QueueShell:
             try:
                 store.commit()
                 self.stats["commits"] += 1
+                self.wal_dirty = True
+                self.last_commit = time.monotonic()
             except (StoreFull, sqlite3.Error) as exc:
                 self.failed = exc
         if self.failed is not None:
@@ -422,15 +484,17 @@ class QueueShell:
         self._emit(outbox)
 
     def _persist(self, qs: QState) -> None:
+        """Write the queue's changes of this pass into the transaction."""
         changes, groups = qs.q.take_changes()
         if self.failed is not None or not (changes or groups or qs.q.last_seq != qs.saved_seq):
             return          # nothing to write: no transaction, no fsync (parked fetches wake every tick)
+        last_seq = qs.q.last_seq if qs.q.last_seq != qs.saved_seq else None
         qs.saved_seq = qs.q.last_seq
         for c in changes:
             if c[0] == "dlq":
                 self._dead_letter(qs, c[1], c[2], c[3])
         try:
-            self.store.apply(qs.qid, qs.q.last_seq, changes, groups)
+            self.store.apply(qs.qid, last_seq, changes, groups, qs.q.cfg.sync == "always")
         except sqlite3.Error as exc:
             self.failed = exc
 
@@ -458,6 +522,8 @@ class QueueShell:
         for kind, reply, payload, meta in self.outbox:
             if kind in ("confirm", "api"):
                 kept.append((kind, reply, api.error(code, f"not stored: {exc}"), None))
+            elif kind == "fwd":          # handed on to another node or worker: nothing of it was stored here
+                kept.append((kind, reply, payload, meta))
             elif kind == "fetch":
                 kept.append((kind, reply, api.fetch_chunk([], True), None))
         self.outbox = kept
@@ -495,6 +561,15 @@ class QueueShell:
     def tick(self, now_mono: float) -> None:
         if not self.started or self.store is None:
             return
+        since = self.store.unsynced_since
+        if since is not None and time.monotonic() - since >= SYNC_INTERVAL:
+            try:
+                self.store.sync_wal()    # queues with sync "interval": their last second becomes durable
+            except OSError as exc:
+                self.w.rlog.warning(("queue-sync",), "queues: fsync of %s-wal failed: %s", self.path, exc)
+        if self.wal_dirty and time.monotonic() - self.last_commit >= IDLE_CHECKPOINT:
+            self.wal_dirty = False
+            self.store.idle_checkpoint()
         now = time.time()
         for qs in self.queues.values():
             q = qs.q
@@ -516,6 +591,9 @@ class QueueShell:
                 continue
             if p.startswith(api.API_PREFIX) and not p.startswith(api.LS_PREFIX):
                 self.remote.add(p[len(api.API_PREFIX):])
+            elif p.startswith(api.WORK_PREFIX):
+                if len(self.remote_work) < 100_000:
+                    self.remote_work.add(p[len(api.WORK_PREFIX):])
             elif p.startswith(api.PATTERNS_PREFIX):
                 queue, _, pattern = p[len(api.PATTERNS_PREFIX):].partition(".")
                 if pattern and len(self.remote_patterns) < 100_000:

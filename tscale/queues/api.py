@@ -19,6 +19,7 @@ shell acts on it.
 """
 from __future__ import annotations
 
+import hashlib
 from zlib import crc32
 
 import msgpack
@@ -29,7 +30,9 @@ from .model import E_BAD_REQUEST, MAX_BATCH, QueueError, group_error, name_error
 API_PREFIX = "$Q."
 LS_PREFIX = "$Q.$LS."
 PATTERNS_PREFIX = "$QS."          # `$QS.<queue>.<pattern>`: interest that tells other nodes a queue's patterns
-MAX_SUBJECTS_SID = 100            # sids of the pattern announcements: qid * this + index
+HOME_PREFIX = "$QH."              # `$QH.<node hash>.<queue>`: an add forwarded to the node named by --home
+WORK_PREFIX = "$QW."              # `$QW.<queue>`: interest that tells other nodes a queue has retention work
+MAX_SUBJECTS_SID = 100            # sids of the pattern announcements: qid * this + index (99: the $QW. one)
 DLQ_PREFIX = "$DLQ."
 H_CONFIRM = "Tscale-Confirm"
 H_MSG_ID = "Tscale-Msg-Id"
@@ -48,6 +51,19 @@ def api_subject(queue: str) -> str:
 
 def pattern_subject(queue: str, pattern: str) -> str:
     return PATTERNS_PREFIX + queue + "." + pattern
+
+
+def node_token(node_name: str) -> str:
+    """A subject token for a node name (which may hold dots or anything else): 16 hex digits of its sha1."""
+    return hashlib.sha1(node_name.encode()).hexdigest()[:16]
+
+
+def home_subject(node_name: str, queue: str) -> str:
+    return HOME_PREFIX + node_token(node_name) + "." + queue
+
+
+def work_subject(queue: str) -> str:
+    return WORK_PREFIX + queue
 
 
 def dlq_subject(queue: str) -> str:
@@ -136,7 +152,10 @@ def confirm_wanted(meta) -> tuple[str | None, str | None, str | None]:
 
 def stored_meta(meta):
     """What is kept of a confirmed event's meta: its headers (msg id included) without the confirm request."""
-    h = {k: v for k, v in meta[0].items() if k != H_CONFIRM}
+    h = meta[0]
+    if len(h) == 1 and H_CONFIRM in h:
+        return None             # the common case: only the confirm request
+    h = {k: v for k, v in h.items() if k != H_CONFIRM}
     return [h, None] if h else None
 
 

@@ -22,6 +22,10 @@ class PubAck(NamedTuple):
     duplicate: bool
 
 
+def _array_header(n: int) -> bytes:
+    return bytes([0x90 | n]) if n < 16 else b"\xdc" + n.to_bytes(2, "big")
+
+
 def _is_no_responders(headers) -> bool:
     return bool(headers) and headers.get(protocol.STATUS_HEADER) == protocol.NO_RESPONDERS_STATUS
 
@@ -51,6 +55,7 @@ def decode_pub_ack(name: str, data: bytes, headers) -> PubAck:
         raise TscaleError(f"publish {name!r}: unexpected confirm {d!r}") from None
 
 
+ANSWER_MERGE_MAX = 1000   # sequences per merged answer request (the worker accepts up to MAX_BATCH)
 RETRY_PAUSE = 0.05   # a starting worker opens its queues once its in-host bus is synced
 
 
@@ -190,10 +195,49 @@ class ConsumerCore:
         self.batch = batch
         self.subject = subject_for(queue)
         self._buf: collections.deque = collections.deque()
+        self._merge: list | None = None   # [worker, index in its batch, payload, (op, delay, prefix), body, n]
 
     def _answer(self, op: str, seq: int, delay):
         """ack/nak/wip/term of one delivery: a fire-and-forget event (a coroutine for the asyncio client)."""
         return self._client.publish(self.subject, request(op, group=self.group, seqs=[seq], delay=delay))
+
+    def _queue_answer(self, op: str, seq: int, delay) -> int:
+        """Queue one answer in the client's outgoing batch, called with the client's batch lock held.
+
+        Answers of one kind (op and delay) given one after the other travel as one request with
+        many `seqs`: while the previous answer's event is still the last one of its unsent batch,
+        its payload is rewritten to include `seq` instead of adding an event.  The home worker
+        then decodes one request per batch instead of one per delivery.  Nothing waits: an answer
+        leaves with the batch it joined, as a single answer would.  Returns what
+        ClientCore.add_event returns (the owner, or -1-owner if the batch is full)."""
+        core = self._client._core
+        m = self._merge
+        if m is not None:
+            k, i, data, key, body, n = m
+            buf = core.out[k]
+            if len(buf) == i + 3 and buf[i + 1] is data and key[:2] == (op, delay) and n < ANSWER_MERGE_MAX:
+                body += _pack(seq)
+                m[5] = n = n + 1
+                data = key[2] + _array_header(n) + body
+                core.out_bytes[k] += len(data) - len(buf[i + 1])
+                buf[i + 1] = data
+                m[2] = data
+                return k
+        head = {"op": op, "group": self.group}
+        if delay is not None:
+            head["delay"] = delay
+        # a map with "seqs" last, so that more sequences are appended without packing the rest again
+        prefix = bytes([0x80 | (len(head) + 1)]) + _pack(head)[1:] + _pack("seqs")
+        body = bytearray(_pack(seq))
+        data = prefix + _array_header(1) + body
+        r = core.add_event(self.subject, data, None, None)
+        k = r if r >= 0 else -1 - r
+        buf = core.out[k]
+        if len(buf) >= 4 and buf[-2] is data:
+            self._merge = [k, len(buf) - 3, data, (op, delay, prefix), body, 1]
+        else:
+            self._merge = None
+        return r
 
     def _fetch_request(self, batch: int | None, timeout: float) -> tuple["FetchCollector", bytes, float]:
         """(collector, request payload, seconds the home may wait) for one fetch."""

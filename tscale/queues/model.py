@@ -43,6 +43,7 @@ MAX_NAME = 64
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 MAX_SUBJECTS = 64
 MAX_BATCH = 10_000
+SYNC_INTERVAL = 1.0   # seconds: how stale the disk may be for a queue with sync "interval"
 
 
 class QueueError(Exception):
@@ -93,6 +94,7 @@ class QueueConfig:
     backoff: list = field(default_factory=list)   # seconds per redelivery, replaces ack_wait
     dedupe_window: float = 120.0  # seconds
     home: str = ""                # node name (informational: the node that holds it)
+    sync: str = "always"          # always: fsync before confirms | interval: fsync at most every SYNC_INTERVAL
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -116,7 +118,7 @@ class QueueConfig:
             e = pattern_error(p)
             if e:
                 raise QueueError(E_BAD_CONFIG, e)
-            if p.startswith(("$Q.", "$QS.")) or p in ("$Q", "$QS") or p.startswith("_INBOX.") or p.startswith(">") or p.startswith("*"):
+            if p.startswith(("$Q.", "$QS.", "$QW.", "$QH.")) or p in ("$Q", "$QS", "$QW", "$QH") or p.startswith("_INBOX.") or p.startswith(">") or p.startswith("*"):
                 raise QueueError(E_BAD_CONFIG, f"pattern {p!r} would capture internal or every name; "
                                                "give a first token")
         c = cls(name=d["name"], subjects=list(subjects))
@@ -139,7 +141,8 @@ class QueueConfig:
             if type(b) is not list or len(b) > 100 or any(type(x) not in (int, float) or x <= 0 for x in b):
                 raise QueueError(E_BAD_CONFIG, "backoff must be a list of up to 100 positive seconds")
             c.backoff = [float(x) for x in b]
-        for k, allowed in (("retention", ("limits", "work")), ("discard", ("old", "new"))):
+        for k, allowed in (("retention", ("limits", "work")), ("discard", ("old", "new")),
+                           ("sync", ("always", "interval"))):
             if k in d:
                 if d[k] not in allowed:
                     raise QueueError(E_BAD_CONFIG, f"{k} must be {' or '.join(allowed)}")
@@ -154,11 +157,13 @@ class QueueConfig:
 class Group:
     """One consumer group's position: a cursor for new events plus its unacked deliveries."""
 
-    __slots__ = ("name", "cursor", "pending", "timers", "delivered", "acked", "redelivered", "dead", "terminated")
+    __slots__ = ("name", "cursor", "floor", "pending", "timers", "delivered", "acked", "redelivered", "dead",
+                 "terminated")
 
     def __init__(self, name: str, cursor: int):
         self.name = name
         self.cursor = cursor          # the next never-delivered sequence
+        self.floor = cursor           # no sequence below this is pending (a moving pointer, see ack_floor)
         self.pending: dict[int, list] = {}   # seq -> [deadline, deliveries]
         self.timers: list = []        # heap of (deadline, seq); stale entries skipped
         self.delivered = 0
@@ -166,6 +171,19 @@ class Group:
         self.redelivered = 0
         self.dead = 0
         self.terminated = 0
+
+    def ack_floor(self) -> int:
+        """The lowest pending sequence, or the cursor if none is pending.  Every delivered sequence
+        below it is finished (acked, terminated, dead-lettered, or deleted), so the store need not
+        keep a row per first delivery: it keeps the floor, the finished sequences above it, and the
+        redeliveries (docs/QUEUES.md, "On disk")."""
+        f, cursor, pending = self.floor, self.cursor, self.pending
+        if not pending:
+            f = cursor              # (the cursor may have jumped far, past discarded events)
+        while f < cursor and f not in pending:
+            f += 1
+        self.floor = f
+        return f
 
     def counters(self) -> list:
         return [self.delivered, self.acked, self.redelivered, self.dead, self.terminated]
@@ -185,7 +203,8 @@ class Queue:
         # msg_id -> (seq, ts), oldest first; an OrderedDict finds its head in O(1) after deletions
         self.dedupe: collections.OrderedDict[str, tuple] = collections.OrderedDict()
         self.groups: dict[str, Group] = {}
-        self.changes: list = []   # ("del", seq) ("pend", group, seq, n) ("unpend", group, seq) ("dlq", group, seq, n)
+        # ("del", seq) ("pend", group, seq, n) for redeliveries, ("unpend", group, seq, n) ("dlq", group, seq, n)
+        self.changes: list = []
         self.dirty_groups: set[str] = set()
         self.discarded = 0        # events dropped by limits (old) or refused (new)
         self._head = 1            # no stored sequence is below this
@@ -205,11 +224,12 @@ class Queue:
         """A group as stored; its unacked deliveries get a fresh ack_wait from `now`."""
         g = self.groups[name] = Group(name, cursor)
         g.set_counters(counters)
-        for seq, n in pending:
+        for seq, n in sorted(pending):
             if seq in self.msgs:
                 d = now + self.wait_for(n)
                 g.pending[seq] = [d, n]
                 heapq.heappush(g.timers, (d, seq))
+        g.floor = min(g.pending, default=cursor)
         return g
 
     # -- figures --------------------------------------------------------------
@@ -296,7 +316,7 @@ class Queue:
         for g in self.groups.values():
             g.pending.clear()
             g.timers.clear()
-            g.cursor = self.last_seq + 1
+            g.cursor = g.floor = self.last_seq + 1
             self.dirty_groups.add(g.name)
         return n
 
@@ -361,15 +381,13 @@ class Queue:
             wait = self.wait_for(1)
             pending = g.pending
             timers = g.timers
-            changes = self.changes
             name = g.name
             last = self.last_seq
             while len(out) < batch and cursor <= last:
-                if cursor in msgs:
+                if cursor in msgs:     # a first delivery: persisted as the group's cursor, no row of its own
                     d = now + wait
                     pending[cursor] = [d, 1]
                     heapq.heappush(timers, (d, cursor))
-                    changes.append(("pend", name, cursor, 1))
                     out.append((cursor, 1))
                 cursor += 1
             g.cursor = cursor
@@ -390,7 +408,8 @@ class Queue:
             if seq not in self.msgs:
                 heapq.heappop(timers)
                 del g.pending[seq]
-                self.changes.append(("unpend", g.name, seq))
+                self.dirty_groups.add(g.name)
+                self.changes.append(("unpend", g.name, seq, p[1]))
                 continue
             n = p[1]
             if maxd and n >= maxd:
@@ -399,7 +418,7 @@ class Queue:
                 g.dead += 1
                 self.dirty_groups.add(g.name)
                 self.changes.append(("dlq", g.name, seq, n))
-                self.changes.append(("unpend", g.name, seq))
+                self.changes.append(("unpend", g.name, seq, n))
                 if self.cfg.retention == "work":
                     self._delete(seq)
                 continue
@@ -411,6 +430,7 @@ class Queue:
             p[1] = n
             heapq.heappush(timers, (d2, seq))
             g.redelivered += 1
+            self.dirty_groups.add(g.name)
             self.changes.append(("pend", g.name, seq, n))
             out.append((seq, n))
 
@@ -428,10 +448,11 @@ class Queue:
 
     def _finish(self, g: Group, seq: int) -> bool:
         """A delivery answered for good (ack or term): forget it; a work queue deletes the event."""
-        if g.pending.pop(seq, None) is None:
+        p = g.pending.pop(seq, None)
+        if p is None:
             return False
         self.dirty_groups.add(g.name)
-        self.changes.append(("unpend", g.name, seq))
+        self.changes.append(("unpend", g.name, seq, p[1]))
         if self.cfg.retention == "work":
             self._delete(seq)
         return True
@@ -464,9 +485,12 @@ class Queue:
         return best
 
     def take_changes(self) -> tuple[list, list]:
-        """What to persist since the last call: (change log, [(group, cursor, counters)])."""
+        """What to persist since the last call: (change log, [(group, cursor, counters, ack floor)])."""
         ch, self.changes = self.changes, []
-        groups = [(n, self.groups[n].cursor, self.groups[n].counters()) for n in self.dirty_groups
-                  if n in self.groups]
+        groups = []
+        for n in self.dirty_groups:
+            g = self.groups.get(n)
+            if g is not None:
+                groups.append((n, g.cursor, g.counters(), g.ack_floor()))
         self.dirty_groups = set()
         return ch, groups
