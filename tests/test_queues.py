@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import threading
 
 import msgpack
 import pytest
 
 import tscale
-from conftest import wait_until
+from conftest import DEADLINE, name_for, wait_until
 from queuekit import qname
 from tscale.queues import api
+from tscale.sharding import shard_of
 
 
 def test_add_info_ls_rm_purge(node2, clients):
@@ -335,3 +339,41 @@ def test_cli_status_shows_the_queue_table(node2, clients):
                what="queue in tscale status")
     out = cli(["status", "--server", node2.addr], wide).stdout.decode()
     assert "durable queues" in out and "readers" in out
+
+
+def test_add_answers_once_every_owner_worker_has_the_patterns(make_node, clients):
+    """An event published right after queue_add returns must be stored, whichever worker owns its
+    name.  The add is answered only once every owner worker has applied the queue's patterns:
+    with the worker that owns the names held (SIGSTOP), the add does not return; once it runs
+    again, the add returns and an event published at once is stored."""
+    node = make_node(2)
+    c = clients(node)
+    q = qname("own")
+    # The queue's home worker owns `$Q.<q>`; hold the *other* worker, which owns the test names.
+    home = shard_of(api.api_subject(q), 2)
+    other = 1 - home
+    names = [name_for(other, 2, q + ".x", start=k) for k in range(3)]
+    held = node.worker_pids()[other]
+    c.queue_ls()                    # the client's queue inbox is in place before the hold
+    result = {}
+
+    def add():
+        try:
+            result["info"] = c.queue_add(q, q + ".>", timeout=DEADLINE)
+        except Exception as exc:   # reported below
+            result["error"] = exc
+
+    os.kill(held, signal.SIGSTOP)
+    try:
+        t = threading.Thread(target=add, daemon=True)
+        t.start()
+        t.join(1.0)                 # bounded hold: the add must still be waiting for the held worker
+        assert not result, f"the add returned while an owner worker could not know it: {result!r}"
+    finally:
+        os.kill(held, signal.SIGCONT)
+    t.join(DEADLINE)
+    assert "info" in result, result
+    for n in names:
+        c.publish(n, b"right after")
+    c.publish(names[0], b"end", confirm=True)
+    wait_until(lambda: c.queue_info(q)["messages"] == 4, what="all four events stored")

@@ -147,14 +147,15 @@ class QueueShell:
             finally:
                 self.store.close()
 
-    def _subscribe(self, qs: QState) -> None:
+    def _subscribe(self, qs: QState, done=None) -> None:
+        """Subscribe the queue (its request subject, pattern markers and patterns) and announce it;
+        with `done`, call it once every owner worker and reachable node has the interest."""
         # The queue's request subject, announced to the cluster so that other nodes route its
         # requests here; the local `$Q.>` subscription of the API is what handles them, so this
         # one's connection throws its copies away.
         s = Subscription(self.beacon, qs.qid, api.api_subject(qs.q.cfg.name), None)
         qs.subs.append(s)
         self.w.table.add(s)
-        self.w._announce(s, +1, None)
         subjects = qs.q.cfg.subjects
         # The patterns, announced as `$QS.<queue>.<pattern>` interest (nothing is published there), so
         # other nodes know which names this queue stores and can answer a confirmed publish
@@ -166,14 +167,12 @@ class QueueShell:
             s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + i), ps, None)
             qs.subs.append(s)
             self.w.table.add(s)
-            self.w._announce(s, +1, None)
         if qs.q.cfg.retention == "work":
             # `$QW.<queue>`: other nodes refuse a queue whose patterns overlap this one's
             s = Subscription(self.beacon, -1 - (qs.qid * api.MAX_SUBJECTS_SID + api.MAX_SUBJECTS_SID - 1),
                              api.work_subject(qs.q.cfg.name), None)
             qs.subs.append(s)
             self.w.table.add(s)
-            self.w._announce(s, +1, None)
         qs.overlap = any(patterns_overlap(a, b) for i, a in enumerate(subjects) for b in subjects[i + 1:])
         conn = qs.conn = Connection(b"", 0.0)
         conn.name = "queue:" + qs.q.cfg.name
@@ -183,7 +182,11 @@ class QueueShell:
             conn.subs[i] = s
             qs.subs.append(s)
             self.w.table.add(s)
-            self.w._announce(s, +1, None)
+        if done is None:
+            for s in qs.subs:
+                self.w._announce(s, +1, None)
+        else:
+            self.w.announce_and_wait(qs.subs, done)
 
     def _unsubscribe(self, qs: QState) -> None:
         for s in qs.subs:
@@ -314,7 +317,7 @@ class QueueShell:
                 raise QueueError(E_EXISTS, f"queue {queue!r} exists on another node; one home per queue")
             return None             # its home is another node: that node answers
         if op == "add":
-            return self._add(queue, req["config"])
+            return self._add(queue, req["config"], reply)
         if qs is None:
             if queue in self.remote:
                 raise QueueError(E_UNAVAILABLE, f"queue {queue!r}: its home node is unreachable")
@@ -367,7 +370,7 @@ class QueueShell:
             self.failed = exc
             raise QueueError(E_STORAGE_FULL if "full" in str(exc).lower() else E_UNAVAILABLE, str(exc)) from None
 
-    def _add(self, queue: str, config: dict) -> dict:
+    def _add(self, queue: str, config: dict, reply: str | None) -> dict | None:
         config = dict(config)
         config.setdefault("name", queue)
         if config["name"] != queue:
@@ -384,9 +387,22 @@ class QueueShell:
         qid = self._store_op(self.store.add_queue, cfg.to_dict())
         qs = self.queues[queue] = QState(Queue(cfg), qid)
         qs.touched = True
-        self._subscribe(qs)
+        # Answer only once the patterns are in place on every owner worker and reachable node:
+        # an event published right after the add returns must be stored (the add is committed
+        # by then too: the answer leaves with a later pass's outbox).
+        self._subscribe(qs, lambda: self._added(qs, reply))
         self._broadcast_defs()
-        return self._info(qs)
+        return None
+
+    def _added(self, qs: QState, reply: str | None) -> None:
+        if reply is None:
+            return
+        if self.queues.get(qs.q.cfg.name) is qs:
+            self.outbox.append(("api", reply, api.ok(self._info(qs)), None))
+        else:   # its commit failed (the queues were reloaded without it), or it was removed meanwhile
+            self.outbox.append(("api", reply, api.error(E_UNAVAILABLE, f"queue {qs.q.cfg.name!r} was not kept"),
+                                None))
+        self.dirty = True
 
     def _check_overlap(self, cfg: QueueConfig) -> None:
         """A work queue must be the only queue storing its events (one group deletes them).  Checked

@@ -101,7 +101,8 @@ class Worker:
         self.report = InterestReport(self.epoch)  # our cluster-visible interest, handed to the supervisor
         self.synced: set[int] = set()       # workers that sent us their snapshot
         self.acks = WorkerAcks(self.synced)  # who confirms interest changes, and when
-        self.pending_acks: dict[int, list] = {}   # ackkey -> [conn, req, waiting set, deadline]
+        # ackkey -> [conn, req, waiting set, deadline]; conn None: req is a callable to run instead of OK
+        self.pending_acks: dict[int, list] = {}
         self.next_ack = 1
         self.node_status: dict = {}
         self.pending_status: list = []   # STATUS requests waiting for the first node status
@@ -802,7 +803,33 @@ class Worker:
         p[2].discard(frm)
         if not p[2]:
             del self.pending_acks[ackkey]
-            self.tx.send(p[0], protocol.ok(p[1]))
+            self._confirm(p[0], p[1])
+
+    def _confirm(self, conn, req):
+        """An interest change is in place: OK to the client, or run the internal waiter."""
+        if conn is None:
+            req()
+        else:
+            self.tx.send(conn, protocol.ok(req))
+
+    def announce_and_wait(self, subs: list, done) -> None:
+        """Announce new internal subscriptions (a durable queue's) and call `done()` once every
+        owner worker of this host and every reachable node has them (as a SUB with confirm
+        "cluster" waits; at most ACK_TIMEOUT + 3 s)."""
+        ackkey = self.next_ack
+        self.next_ack += 1
+        targets = set()
+        for sub in subs:
+            self._announce(sub, +1, None)
+            if not sub.conn.direct:
+                targets.update(self._interest_targets(sub.pattern))
+        waiting = self.acks.waiting_for(targets)
+        for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
+            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
+        self.report.confirm(ackkey)
+        self._send_reports()
+        waiting.add(bus.SUPERVISOR)
+        self.pending_acks[ackkey] = [None, done, waiting, self.now + ACK_TIMEOUT + 3.0]
 
     def _synced_with(self, frm: int):
         """Worker `frm`'s snapshot is applied: confirm what it asked meanwhile, and ask it again
@@ -1031,7 +1058,7 @@ class Worker:
         for key in [a for a, p in self.pending_acks.items() if p[3] < now]:
             conn, req, waiting, _ = self.pending_acks.pop(key)
             self.log.warning("workers %s did not confirm interest in time; confirming anyway", sorted(waiting))
-            self.tx.send(conn, protocol.ok(req))
+            self._confirm(conn, req)
         if int(now * 10) % 50 == 0:   # every ~5 s: find connections that went away
             ping = pack([PING, 0])
             for c in list(self.conns.values()):
