@@ -109,7 +109,7 @@ class Worker:
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
-                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0,
+                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0, "peer_forwarded": 0,
                       "slow_disconnects": 0}
         self.queues = QueueShell(self)
 
@@ -397,10 +397,7 @@ class Worker:
         me = self.index
         cache_get = self.table._cache.get
         if n - start >= 3 * BATCH_MIN and self.peer_links:
-            try:
-                r = cache_get(cmd[start])
-            except TypeError:
-                r = None
+            r = self._route_of(cmd[start])
             if r is not None and r.peers and not r.local and self._batch_to_peers(conn, cmd, start):
                 return
         route = self.table.route
@@ -461,6 +458,17 @@ class Worker:
             self.stats["events_in"] += (n - start) // 3
             if bad is not None:
                 self._error(conn, *bad)
+
+    def _route_of(self, name):
+        """The route of `name` if it is a valid event name, else None (the cheap test of whether
+        a whole-batch path may apply: one cache lookup, judged by the batch's first name)."""
+        try:
+            r = self.table._cache.get(name)
+        except TypeError:             # an array or map where the name should be
+            return None
+        if r is None and type(name) is str and name_error(name) is None:
+            r = self.table.route(name)
+        return r
 
     def _batch_to_peers(self, conn, cmd: list, start: int) -> bool:
         """Events of a PUB (or FWD) frame that all go to neighbours only, nothing here: their
@@ -529,6 +537,7 @@ class Worker:
             else:
                 link.forward(data, n, stats)
         stats["peer_in"] += n
+        stats["peer_forwarded"] += n
         return True
 
     def _route_shared(self, r, name, payload, meta, src, keys):
@@ -595,10 +604,7 @@ class Worker:
         me = self.index
         cache_get = self.table._cache.get
         if frame is not None and len(cmd) >= 2 + 4 * BATCH_MIN:
-            try:
-                r = cache_get(cmd[2])
-            except TypeError:
-                r = None
+            r = self._route_of(cmd[2])
             if r is not None and r.peers and not r.local and self._forward_batch(src, cmd, frame):
                 return
         route = self.table.route
