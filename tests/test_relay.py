@@ -99,3 +99,24 @@ def test_invalid_events_in_a_forwarded_batch_are_never_delivered(line):
     assert worker0(b)["peer_forwarded"] - fwd_before == len(events)   # the relay forwarded it whole
     fake.close()
     watch.close()
+
+
+def test_a_pub_frame_with_an_invalid_event_is_checked_event_by_event(line):
+    """The publisher's node takes a PUB frame for neighbours in one step only if every event is
+    valid; otherwise event by event: the valid ones go on in order, the publisher hears of the rest."""
+    run, a, b, c = line
+    P = uniq("mixed")
+    run.client(c).subscribe(P + ".>", confirm="cluster")
+    far = c.raw(name="far-mixed")
+    far.sub(P + ".>")
+    far.ping()
+    good = [(f"{P}.{i}", b"ok-%d" % i, None if i % 3 else [{"h": str(i)}, None]) for i in range(20)]
+    pub = a.raw(name="pub-mixed")
+    pub.pub_many(good[:10] + [(P + ".bad", "not bytes", None), (P + ".meta", b"x", [{"k": 1}, None])] + good[10:])
+    e = pub.wait_for(lambda f: f[0] == ERR, what="ERR for the invalid events")
+    assert e[1] == "malformed", e
+    far.wait_events(lambda evs: len(evs) >= len(good), what="the valid events")
+    far.ping()
+    assert [(n, p, m) for _, n, p, m in far.events] == good
+    pub.close()
+    far.close()

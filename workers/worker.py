@@ -485,6 +485,8 @@ class Worker:
         if set(map(type, payloads)) != _BYTES_ONLY:
             return False
         size = sum(map(len, payloads))
+        if size > self.peer_frame_bytes:   # one batch at most, like event by event (receiver's MAXMSGSIZE)
+            return False
         if conn is not None and size > self.max_payload and max(map(len, payloads)) > self.max_payload:
             return False
         metas = cmd[start + 2::3]
