@@ -492,3 +492,33 @@ def test_beacons():
         assert decode_beacon(pack(dict(good, **change))) is None, change
     for body in (b"", b"\xc1", pack([1]), pack("x"), nested(1000)):
         assert decode_beacon(body) is None
+
+
+# ----------------------------------------------------------------------------- relays: PEER_EVENTS bytes
+def _events(k: int) -> list:
+    return [x for i in range(k) for x in (f"a.{i}", bytes([i % 256]) * i, None if i % 2 else [{"h": "v"}, "r"], None)]
+
+
+@pytest.mark.parametrize("k", [0, 1, 3, 4, 5000, 20000])          # fixarray, array16 and array32 headers
+@pytest.mark.parametrize("src", ["", "n", "x" * 31, "y" * 32, "z" * 64])   # fixstr and str8 ids
+def test_peer_body_at_splits_header_and_events(k, src):
+    from workers.peers import head
+    events = _events(k)
+    frame = msgpack.packb([PEER_EVENTS, src, *events])
+    assert decode_client(frame)[1] == src
+    at = frames.peer_body_at(frame)
+    assert frame[at:] == b"".join(msgpack.packb(x) for x in events)
+    forwarded = head(2 + len(events), "relay-id") + frame[at:]        # what a relay sends on
+    assert msgpack.unpackb(forwarded) == [PEER_EVENTS, "relay-id", *events]
+    assert frames.peer_body_at(memoryview(frame)) == at
+
+
+def test_peer_body_at_refuses_unusual_encodings():
+    body = b"".join(msgpack.packb(x) for x in _events(2))
+    n = b"\x9a"                                                        # fixarray of 10 items
+    for frame in (n + b"\xcc\x09" + b"\xa1s" + body,                 # code as uint8
+                  n + b"\x09" + b"\xda\x00\x01s" + body,             # id as str16
+                  n + b"\x09" + b"\xc4\x01s" + body,                 # id as bin
+                  b"\x80" + body):                                   # not an array
+        assert frames.peer_body_at(frame) is None
+    assert frames.peer_body_at(n + b"\x09" + b"\xd9\x01s" + body) == 5   # id as str8

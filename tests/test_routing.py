@@ -244,3 +244,18 @@ def test_shared_routes_keep_one_queue_group_rotation():
         r = t.route(f"jobs.{i}")
         picks[r.fast_groups[0][1].pick().conn.name] += 1
     assert picks == {"m0": 100, "m1": 100, "m2": 100}
+
+
+def test_route_all_is_the_one_route_a_batch_shares_or_none():
+    t = table(1)
+    a, b = Conn("a"), Conn("b")
+    t.add(Subscription(a, 1, "x.>", None))
+    t.add_link_interest("peer-1", "y.*", None, 1)
+    assert t.route_all(["x.1", "x.2.3", "x.1"]) is t.route("x.1")          # same subscriptions, one plan
+    assert t.route_all(["y.1"] * 5).peers == ["peer-1"]
+    assert t.route_all(["x.1", "y.1"]) is None                            # two ways: event by event
+    for bad in (["x.1", "x..2"], ["x.1", 5], ["x.1", "x.*"], [["x"]], ["x.1", {"a": 1}]):
+        assert t.route_all(bad) is None                                   # invalid names are never cached
+    assert "x..2" not in t._cache and "x.*" not in t._cache
+    t.add(Subscription(b, 2, "x.2", None))
+    assert t.route_all(["x.1", "x.2"]) is None                            # the table changed: resolved afresh

@@ -253,6 +253,35 @@ def _peer_events(cmd: list) -> list:
     return cmd
 
 
+def peer_body_at(frame) -> int | None:
+    """Where the first event of a PEER_EVENTS frame starts in its bytes, or None.
+
+    Only for a frame `decode_client` already accepted (so the bytes from there on are
+    exactly its well-formed quadruples, end to end): the offset after the array header,
+    the code and the source node id, when those are encoded the plain way (code as a
+    positive fixint, id as fixstr or str8).  A relay forwarding the batch unchanged puts
+    its own header (`workers/peers.head`) in front of these bytes; None makes it re-pack.
+    """
+    b = frame[0]
+    if 0x90 <= b <= 0x9f:
+        at = 1
+    elif b == 0xdc:
+        at = 3
+    elif b == 0xdd:
+        at = 5
+    else:
+        return None
+    if frame[at] != PEER_EVENTS:
+        return None
+    at += 1
+    b = frame[at]
+    if 0xa0 <= b <= 0xbf:
+        return at + 1 + (b & 0x1f)
+    if b == 0xd9:
+        return at + 2 + frame[at + 1]
+    return None
+
+
 _CLIENT = {
     HELLO: _hello, SUB: _sub, UNSUB: _unsub, PING: _ping, PONG: lambda cmd: _PONG, STATUS: _status,
     BYE: lambda cmd: _BYE, PEER_EVENTS: _peer_events,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .subjects import SubjectTrie
+from .subjects import SubjectTrie, name_error
 
 
 class Subscription:
@@ -211,6 +211,28 @@ class RoutingTable:
             if len(self._cache) >= self.CACHE_LIMIT:
                 self._invalidate()
             self._cache[name] = r
+        return r
+
+    def route_all(self, names: list) -> Route | None:
+        """The one Route that every name in `names` resolves to, or None: names that route
+        differently, or one that is not a valid event name (the caller then routes event by
+        event, which reports it).  Costs a set of the names plus a lookup per distinct name."""
+        try:
+            distinct = set(names)
+        except TypeError:   # an array or map where a name should be
+            return None
+        cache = self._cache
+        r = None
+        for name in distinct:
+            x = cache.get(name)       # holds valid names only
+            if x is None:
+                if type(name) is not str or name_error(name) is not None:
+                    return None
+                x = self.route(name)
+            if x is not r:
+                if r is not None:
+                    return None
+                r = x
         return r
 
     def _build(self, name: str) -> Route:

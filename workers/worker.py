@@ -24,7 +24,7 @@ import zmq
 from tscale import auth, bus, protocol
 from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRACE_MS
 from tscale.connstate import Connection
-from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error
+from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error, peer_body_at
 from tscale.handover import InterestReport
 from tscale.security import Security, answer_zap, zap_socket
 from tscale.logs import RateLimited, setup
@@ -36,6 +36,7 @@ from tscale.subjects import is_literal, name_error
 from tscale.workeracks import WorkerAcks
 
 from .clientout import CONTROL_HEADROOM, ClientOut
+from .peers import FRAME_BYTES, MAX_EVENTS, MAX_ITEMS, PeerLink, head, quads
 from .queues import QueueShell
 from . import access
 
@@ -53,7 +54,9 @@ STATS_EVERY = 1.0
 IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if they are gone
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
-PEER_BATCH_LEN = 2 + 4 * 4096   # events per PEER_EVENTS frame at most
+
+BATCH_MIN = 8             # events in a frame from which a whole-batch path is tried (workers/peers.py)
+_BYTES_ONLY = {bytes}
 
 # pyzmq's enum flags cost ~0.4 us per operation on the hot path; use plain ints.
 NOBLOCK = int(zmq.NOBLOCK)
@@ -72,7 +75,7 @@ class Worker:
         self.index: int = spec["index"]
         self.count: int = spec["count"]
         self.max_payload: int = spec["max_payload"]
-        self.peer_frame_bytes = 1 << 20   # + one event: under any receiver's 16 x max_payload + 1 MiB
+        self.peer_frame_bytes = FRAME_BYTES   # + one event: under any receiver's 16 x max_payload + 1 MiB
         self.sec = Security.from_spec(spec)
         # With PLAIN or CURVE on the client port every connection passed our ZAP gate; its
         # user id rides on each frame and decides what the connection may do.
@@ -93,7 +96,7 @@ class Worker:
         self.deliver = [[bus.DELIVER, self.index] for _ in range(count)]
         self.bus_backlog: list = []
         self.fwd_peer: dict[tuple, list] = {}     # (owner worker, source node) -> FWD_PEER buffer
-        self.peer_links: dict[str, "PeerLink"] = {}
+        self.peer_links: dict[str, PeerLink] = {}
         self.gate = PeerGate()                    # which connections may send peer frames
         # aggregated interest of our proxied subscriptions: (pattern, group) -> count
         self.local_interest: dict[tuple, int] = {}
@@ -109,7 +112,7 @@ class Worker:
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
-                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0,
+                      "peer_in": 0, "peer_out": 0, "peer_invalid": 0, "peer_forwarded": 0,
                       "slow_disconnects": 0}
         self.queues = QueueShell(self)
 
@@ -328,7 +331,7 @@ class Worker:
             elif cmd[1] != conn.peer:
                 self._peer_bad(conn.peer, (len(cmd) - 2) // 4, "events claiming another source node")
             else:
-                self._ingest_peer(conn.peer, cmd, 2)
+                self._ingest_peer(conn.peer, cmd, 2, frame)
         elif code == BYE:
             self._remove_conn(conn)
 
@@ -396,6 +399,10 @@ class Worker:
         n = len(cmd)
         me = self.index
         cache_get = self.table._cache.get
+        if n - start >= 3 * BATCH_MIN and self.peer_links:
+            r = self._route_of(cmd[start])
+            if r is not None and r.peers and not r.local and self._batch_to_peers(conn, cmd, start):
+                return
         route = self.table.route
         dirty = self.dirty
         maxp = self.max_payload if conn is not None else 1 << 62   # checked where the event entered
@@ -455,6 +462,89 @@ class Worker:
             if bad is not None:
                 self._error(conn, *bad)
 
+    def _route_of(self, name):
+        """The route of `name` if it is a valid event name, else None (the cheap test of whether
+        a whole-batch path may apply: one cache lookup, judged by the batch's first name)."""
+        try:
+            r = self.table._cache.get(name)
+        except TypeError:             # an array or map where the name should be
+            return None
+        if r is None and type(name) is str and name_error(name) is None:
+            r = self.table.route(name)
+        return r
+
+    def _batch_to_peers(self, conn, cmd: list, start: int) -> bool:
+        """Events of a PUB (or FWD) frame that all go to neighbours only, nothing here: their
+        quadruples join each link's batch in one step, without a loop per event.  Checked as
+        event by event would (names by `route_all`, payload types and sizes, metas); anything
+        else (another route, an invalid event) returns False: then routed event by event."""
+        n = (len(cmd) - start) // 3
+        if n > MAX_EVENTS:
+            return False
+        r = self.table.route_all(cmd[start::3])
+        if r is None or r.owner != self.index or r.local or r.links or r.groups or not r.peers:
+            return False
+        payloads = cmd[start + 1::3]
+        if set(map(type, payloads)) != _BYTES_ONLY:
+            return False
+        size = sum(map(len, payloads))
+        if size > self.peer_frame_bytes:   # one batch at most, like event by event (receiver's MAXMSGSIZE)
+            return False
+        if conn is not None and size > self.max_payload and max(map(len, payloads)) > self.max_payload:
+            return False
+        metas = cmd[start + 2::3]
+        if metas.count(None) != n:
+            for m in metas:
+                if m is not None and meta_error(m) is not None:
+                    return False
+        q = quads(cmd, start, n)
+        stats = self.stats
+        cap = self.peer_frame_bytes
+        for peer in r.peers:
+            link = self.peer_links.get(peer)
+            if link is None:
+                stats["dropped"] += n
+                continue
+            out = link.out
+            if len(out) > 2 and (link.bytes + size > cap or len(out) + len(q) > MAX_ITEMS):
+                link.send(stats)
+            out += q
+            link.bytes += size
+            if link.bytes >= cap or len(out) >= MAX_ITEMS:
+                link.send(stats)
+        if conn is not None:
+            stats["events_in"] += n
+        return True
+
+    def _forward_batch(self, src: str, cmd: list, frame) -> bool:
+        """Relay a whole peer batch unchanged when every event goes the same way: to other
+        neighbours only (nothing delivered, picked or handed to another worker here).  The
+        received event bytes go on behind our own header (workers/peers.py says what is
+        checked here and what by the next node); True if done, False: routed event by event."""
+        n = (len(cmd) - 2) >> 2
+        if len(frame) > 2 * self.peer_frame_bytes:
+            return False
+        r = self.table.route_all(cmd[2::4])
+        if (r is None or r.owner != self.index or r.local or r.links or r.groups
+                or cmd[5::4].count(None) != n):        # queue-group keys are picked event by event
+            return False
+        links = [self.peer_links.get(p) for p in r.peers if p != src]
+        if not links:
+            return False
+        at = peer_body_at(frame)
+        if at is None:
+            return False
+        data = b"".join((head(len(cmd), self.spec["node_id"]), frame[at:]))
+        stats = self.stats
+        for link in links:
+            if link is None:
+                stats["dropped"] += n
+            else:
+                link.forward(data, n, stats)
+        stats["peer_in"] += n
+        stats["peer_forwarded"] += n
+        return True
+
     def _route_shared(self, r, name, payload, meta, src, keys):
         """Queue groups, other workers and peer nodes: the less common part of routing.
 
@@ -506,16 +596,22 @@ class Worker:
         link.bytes += len(payload)
         # Keep every frame well under the receiver's MAXMSGSIZE (16 x max_payload + 1 MiB):
         # libzmq drops a connection that sends a larger one, and everything queued with it.
-        if link.bytes >= self.peer_frame_bytes or len(out) >= PEER_BATCH_LEN:
-            self._send_peer(link)
+        if link.bytes >= self.peer_frame_bytes or len(out) >= MAX_ITEMS:
+            link.send(self.stats)
 
-    def _ingest_peer(self, src, cmd: list, start: int):
+    def _ingest_peer(self, src, cmd: list, start: int, frame=None):
         """Events from peer node `src`: [name, payload, meta, groups] quadruples.
 
         Validated like client events in the same single pass (name on a route-cache
-        miss, payload, meta, group keys); invalid ones are dropped and counted per peer."""
+        miss, payload, meta, group keys); invalid ones are dropped and counted per peer.
+        A received frame (`frame`, its bytes) that goes on whole to other neighbours
+        only is forwarded unchanged (`_forward_batch`)."""
         me = self.index
         cache_get = self.table._cache.get
+        if frame is not None and len(cmd) >= 2 + 4 * BATCH_MIN:
+            r = self._route_of(cmd[2])
+            if r is not None and r.peers and not r.local and self._forward_batch(src, cmd, frame):
+                return
         route = self.table.route
         dirty = self.dirty
         peer_links = self.peer_links
@@ -562,8 +658,8 @@ class Worker:
                         out = link.out
                         out += (name, payload, meta, None)
                         link.bytes += len(payload)
-                        if link.bytes >= cap or len(out) >= PEER_BATCH_LEN:
-                            self._send_peer(link)
+                        if link.bytes >= cap or len(out) >= MAX_ITEMS:
+                            link.send(self.stats)
             else:
                 self._route_shared(r, name, payload, meta, src, keys)
         self.stats["peer_in"] += (n - start) // 4
@@ -864,7 +960,7 @@ class Worker:
             self._flush_bus(k, buf, 3, 4)
         for link in self.peer_links.values():
             if len(link.out) > 2:
-                self._send_peer(link)
+                link.send(self.stats)
         report = self.report
         if report.deltas or report.outbox:
             self._send_reports()
@@ -882,19 +978,6 @@ class Worker:
             del buf[header:]
 
     # -- peers ----------------------------------------------------------------
-    def _send_peer(self, link: "PeerLink"):
-        out = link.out
-        n = (len(out) - 2) >> 2
-        try:
-            link.sock.send(pack(out), NOBLOCK)
-            link.events_out += n
-            self.stats["peer_out"] += n
-        except zmq.ZMQError:
-            link.dropped += n
-            self.stats["dropped"] += n
-        del out[2:]
-        link.bytes = 0
-
     def _set_peers(self, peers: dict):
         """Open a DEALER to each overlay neighbour's counterpart worker; close the rest.
 
@@ -1118,20 +1201,3 @@ class Worker:
         st["answered_by_worker"] = self.index
         return st
 
-
-
-
-class PeerLink:
-    """This worker's DEALER to its counterpart worker on an overlay neighbour."""
-
-    __slots__ = ("peer", "name", "sock", "out", "bytes", "events_out", "dropped", "rehello")
-
-    def __init__(self, peer: str, name: str, sock, node_id: str):
-        self.peer = peer
-        self.name = name
-        self.sock = sock
-        self.out: list = [PEER_EVENTS, node_id]
-        self.bytes = 0
-        self.events_out = 0
-        self.dropped = 0
-        self.rehello = False     # the peer refused us (not_authorized): say HELLO again at the next tick
