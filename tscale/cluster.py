@@ -718,7 +718,8 @@ class ClusterControl:
                           "rtt_ms": round(self.rtt[mid] * 1000, 2) if mid in self.rtt else None,
                           "control_msgs": self.ctl_msgs.get(mid, 0)})
         return {"name": ov.me["cluster"], "node_id": ov.id, "root": ov.is_root(), "parent": ov.parent,
-                "children": sorted(ov.children), "members": members, "links": links,
+                "children": sorted(ov.children), "depth": ov.depth(), "moves": ov.moves,
+                "members": members, "links": links,
                 "lost": [{"id": x["id"], "name": x["name"], "ago_s": round(now - x["at"], 1), "why": x["why"]}
                          for x in ov.lost],
                 "interest_entries": self.interest.total_keys(),

@@ -66,11 +66,16 @@ class Overlay:
         self.rev = 0                           # bumped when our entry's content (not hb) changes
         self._content: tuple = ()
         self.sent: dict[str, dict] = {}        # link -> {member id: (hb, rev) last gossiped there}
-        self.hard_children = max(1, 2 * max_children - 1)   # never more: degree <= 2 x max_children
         self.next_move = 0.0                   # no look for a shallower parent before this
         self.moving = False                    # the pending request is a move (we keep our parent meanwhile)
         self.moves = 0                         # moves to a shallower parent made (status, simulation)
         self._last_depth = 0
+
+    @property
+    def hard_children(self) -> int:
+        """Never more children than this: parent + children <= 2 x max_children (the supervisor
+        sets max_children after construction, from --max-children / TSCALE_MAX_CHILDREN)."""
+        return max(1, 2 * self.max_children - 1)
 
     # -- membership -----------------------------------------------------------
     def depth(self) -> int:
