@@ -98,8 +98,9 @@ class ClusterControl:
         self.discovery = discovery
         self.discovery_port = discovery_port
         self.parent_sock: zmq.Socket | None = None    # DEALER to our parent
-        self.pending_sock: zmq.Socket | None = None   # DEALER to the node we asked (ATTACH); on ACCEPT
-        #                                               it becomes parent_sock (a move: after a BYE "moved" to the old parent)
+        # DEALER to the node we asked (ATTACH); on ACCEPT it becomes parent_sock (for a move:
+        # after a BYE "moved" to the old parent, whose socket closes then)
+        self.pending_sock: zmq.Socket | None = None
         self.probes: dict[str, tuple] = {}        # endpoint -> (socket, deadline, kind)
         self.beaconed: dict[str, tuple] = {}      # node id -> (ip, ctl) heard by beacon
         self.rtt: dict[str, float] = {}

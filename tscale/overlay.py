@@ -5,14 +5,18 @@ parent whose node id sorts *lower* than its own, and a parent accepts only
 children whose id sorts higher.  Parent pointers therefore always go down in
 rank, so the links can never form a cycle, whatever each node believes about
 the others; events routed over these links with split horizon reach every
-node at most once.  A node with a live parent never changes it (no flapping);
-a node without one (a root, or an orphan whose parent died) attaches to the
-lowest-ranked member it knows that still has room for a child (children
-counts travel in the gossip).  The room limit is soft: a node whose every
-lower-ranked candidate is full asks as a "last resort" and is accepted
-anyway, since otherwise the second-lowest node could never attach.  The lowest
-id of a connected part is its root; when two parts learn of each other, the
-higher root attaches, which is how partitions merge.
+node at most once.  A node without a parent (a root, or an orphan whose parent
+died) attaches to the shallowest lower-ranked member it knows that still has
+room below the soft fan-out (children counts and depths travel in the gossip).
+A node with a parent moves to such a member when that makes it shallower
+(move_candidate: make-before-break, with hysteresis so the tree does not flap);
+merges and heals leave deep parts, and moves flatten them.  The soft fan-out
+can be exceeded: a node whose every lower-ranked candidate is full asks as a
+"last resort" and is accepted anyway, since otherwise the second-lowest node
+could never attach; but never past the hard cap (2 x fan-out links), where a
+higher-ranked child is moved away instead (make_room).  The lowest id of a
+connected part is its root; when two parts learn of each other, the higher
+root attaches, which is how partitions merge.
 
 Members are learnt by gossip over the links, from UDP beacons and from
 --join seeds.  Each member bumps a heartbeat counter in its own entry;
