@@ -112,24 +112,6 @@ def test_topology_forms_one_tree_and_delivers_exactly_once(run, topo, fanout):
     assert one_tree_problem(nodes) is None
 
 
-def _depths(view: dict) -> dict:
-    depth = {}
-    for nid in view:
-        d, cur = 0, nid
-        while view[cur]["parent"]:
-            cur, d = view[cur]["parent"], d + 1
-        depth[nid] = d
-    return depth
-
-
-def _improvable(view: dict, fanout: int) -> list[str]:
-    """Nodes that could still move to a shallower parent (overlay.move_candidate's rule, from
-    the status views): a lower-ranked node with room at least two levels above them."""
-    depth = _depths(view)
-    return [nid for nid in view
-            if any(m < nid and len(view[m]["children"]) < fanout and depth[m] <= depth[nid] - 2 for m in view)]
-
-
 def test_tree_flattens_by_moves_and_still_delivers_exactly_once(run):
     """Fan-out 2.  Part B forms first: b2 root, b3 and b4 its children, b5 under b3.  Then a1,
     ranked lowest, joins b2: b2 attaches below a1 and B's nodes are one level deeper (b5 at 3)
@@ -150,18 +132,7 @@ def test_tree_flattens_by_moves_and_still_delivers_exactly_once(run):
     assert view[ids["b5"]]["depth"] == 2
     a1 = run.add("127.0.0.1", workers=1, join=[b2], name="a1", env=env("a1"))
     nodes = [a1, b2, b3, b4, b5]
-    wait_one_tree(nodes)
-    last = {}
-
-    def settled():
-        view = overlay_view(nodes)
-        last["view"] = view
-        return (one_tree_problem(nodes, view) is None and not _improvable(view, fanout)
-                and all(c["depth"] == d for c, d in zip(view.values(), _depths(view).values())) and view)
-    try:   # (and every node's gossiped depth, in status, agrees with the tree)
-        view = wait_until(settled, DEADLINE, 0.2, what="a settled tree (no move left)")
-    except AssertionError:
-        raise AssertionError(f"not settled: {last.get('view')}") from None
+    view = wait_one_tree(nodes)       # one tree, settled: no node can move any more
     depth = max(c["depth"] for c in view.values())
     moves = sum(c["moves"] for c in view.values())
     print(f"\nfan-out 2, a1 joined a formed part: depth {depth} after {moves} move(s)")
