@@ -341,12 +341,46 @@ def one_tree_problem(nodes: list[CNode], view: dict | None = None) -> str | None
     return None
 
 
+def tree_depths(view: dict) -> dict:
+    """Each node's hops to the root, following the parents in the status views."""
+    depth = {}
+    for nid in view:
+        d, cur = 0, nid
+        while view[cur]["parent"] and d <= len(view):
+            cur, d = view[cur]["parent"], d + 1
+        depth[nid] = d
+    return depth
+
+
+def movable(view: dict, fanout: int) -> list[str]:
+    """Nodes that could still move to a shallower parent (tscale.overlay.move_candidate's rule,
+    from the status views): a lower-ranked node with room at least two levels above them."""
+    depth = tree_depths(view)
+    return [nid for nid in view
+            if any(m < nid and len(view[m]["children"]) < fanout and depth[m] <= depth[nid] - 2 for m in view)]
+
+
+def settle_problem(nodes: list[CNode], view: dict) -> str | None:
+    """None if no node of the tree in `view` will move to a shallower parent any more: none
+    could by the rule, and every node's gossiped depth (status) agrees with the tree."""
+    fanout = min(int(n.env.get("TSCALE_MAX_CHILDREN", 8)) for n in nodes)
+    depth = tree_depths(view)
+    off = [nid for nid, c in view.items() if c.get("depth") != depth[nid]]
+    if off:
+        return f"{len(off)} node(s) whose gossiped depth is not their depth in the tree (yet)"
+    left = movable(view, fanout)
+    return f"{len(left)} node(s) can still move to a shallower parent" if left else None
+
+
 def wait_one_tree(nodes: list[CNode], timeout: float = FORM_DEADLINE) -> dict:
+    """The status views once `nodes` form one tree that has settled: nodes move to shallower
+    parents for a few seconds after the tree first forms, and tests that take the tree's shape
+    (who is linked to whom) must not see it change under them."""
     last = {"why": "never checked"}
 
     def ok():
         view = overlay_view(nodes)
-        why = one_tree_problem(nodes, view)
+        why = one_tree_problem(nodes, view) or settle_problem(nodes, view)
         last["why"] = why
         return view if why is None else None
 

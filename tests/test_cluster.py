@@ -7,7 +7,8 @@ about whom first; the overlay's shape is then the nodes' own choice (a parent al
 has a lower id, at most 8 children by default).  Two variants also bound the fan-out
 (TSCALE_MAX_CHILDREN=1 or 2): then lower-ranked nodes run out of room, which once left
 a node unable to attach anywhere (the cluster stayed split in two trees); the overlay
-now exceeds the bound as a last resort, so these must still become one tree.
+now exceeds the bound as a last resort (never twice it: at the hard cap a higher-ranked
+child makes room), so these must still become one tree.
 
 Nothing waits by sleeping: every wait polls a condition with a generous deadline.
 Every process is stopped by pid at teardown (ClusterRun.stop_all), also on failure.
@@ -111,6 +112,53 @@ def test_topology_forms_one_tree_and_delivers_exactly_once(run, topo, fanout):
     # Nothing failed: no link was ever declared dead, and it is still the same single tree.
     assert not links_lost_in_logs(nodes), links_lost_in_logs(nodes)
     assert one_tree_problem(nodes) is None
+
+
+def test_tree_flattens_by_moves_and_still_delivers_exactly_once(run):
+    """Fan-out 2.  Part B forms first: b2 root, b3 and b4 its children, b5 under b3.  Then a1,
+    ranked lowest, joins b2: b2 attaches below a1 and B's nodes are one level deeper (b5 at 3)
+    while a1 has room for one more child.  Nodes move to shallower parents (make-before-break,
+    BYE "moved") until none can; never a link above 2 x fan-out, no link declared dead, and
+    events still arrive exactly once afterwards."""
+    fanout = 2
+    ids = {"a1": "1" * 16, "b2": "2" * 16, "b3": "3" * 16, "b4": "4" * 16, "b5": "5" * 16}
+
+    def env(name):
+        return {"TSCALE_MAX_CHILDREN": str(fanout), "TSCALE_NODE_ID": ids[name]}
+    b2 = run.add("127.0.0.2", workers=1, name="b2", env=env("b2"))
+    b3 = run.add("127.0.0.3", workers=1, join=[b2], name="b3", env=env("b3"))
+    b4 = run.add("127.0.0.4", workers=1, join=[b2], name="b4", env=env("b4"))
+    wait_one_tree([b2, b3, b4])
+    b5 = run.add("127.0.0.5", workers=1, join=[b2], name="b5", env=env("b5"))
+    view = wait_one_tree([b2, b3, b4, b5])
+    assert view[ids["b5"]]["depth"] == 2
+    a1 = run.add("127.0.0.1", workers=1, join=[b2], name="a1", env=env("a1"))
+    nodes = [a1, b2, b3, b4, b5]
+    view = wait_one_tree(nodes)       # one tree, settled: no node can move any more
+    depth = max(c["depth"] for c in view.values())
+    moves = sum(c["moves"] for c in view.values())
+    print(f"\nfan-out 2, a1 joined a formed part: depth {depth} after {moves} move(s)")
+    assert moves >= 1 and depth == 2
+    for c in view.values():
+        assert len(c["links"]) <= 2 * fanout
+    prefix = uniq("mv")
+    recvs = []
+    for n in nodes:
+        r = Receiver()
+        run.client(n).subscribe(prefix + ".>", cb=r, confirm="cluster")
+        recvs.append(r)
+    pub = run.client(b5)
+    publish_numbered(pub, prefix, EVENTS)
+    for n, r in zip(nodes, recvs):
+        wait_until(lambda: len([s for s in r.seqs() if s >= 0]) >= EVENTS, DEADLINE,
+                   what=f"{EVENTS} events at {n.name} (has {r.count()})")
+    fence(pub, prefix, recvs, b5.workers)
+    for n, r in zip(nodes, recvs):
+        assert_exactly_once(r, set(range(EVENTS)), n.name)
+    assert not links_lost_in_logs(nodes), links_lost_in_logs(nodes)
+    moved = [f"{n.name}: {rec['msg']}" for n in nodes for rec in n.log_records()
+             if rec.get("proc") == "cluster" and "moved to a shallower parent" in rec.get("msg", "")]
+    assert len(moved) == moves, (moved, moves)
 
 
 # ----------------------------------------------------------------------------- a shared 4-node cluster

@@ -18,7 +18,9 @@ Control frames (msgpack arrays) between supervisors, over the control port
   [INTEREST, seq, replace, [[pattern, group, count_or_delta], ...]]
   [RESYNC]                                 ask for a full INTEREST snapshot
   [SYNC, token] -> [SYNC_ACK, token]       interest barrier (confirmed subscribe)
-  [BYE]
+  [BYE]                                    the node stops
+  [BYE, "moved"]                           only this link ends: the child moved to a shallower
+                                           parent, or the parent made room for a lower-ranked child
 """
 from __future__ import annotations
 
@@ -95,7 +97,10 @@ class ClusterControl:
         self.seeds = [parse_hostport(s) for s in join]
         self.discovery = discovery
         self.discovery_port = discovery_port
-        self.parent_sock: zmq.Socket | None = None
+        self.parent_sock: zmq.Socket | None = None    # DEALER to our parent
+        # DEALER to the node we asked (ATTACH); on ACCEPT it becomes parent_sock (for a move:
+        # after a BYE "moved" to the old parent, whose socket closes then)
+        self.pending_sock: zmq.Socket | None = None
         self.probes: dict[str, tuple] = {}        # endpoint -> (socket, deadline, kind)
         self.beaconed: dict[str, tuple] = {}      # node id -> (ip, ctl) heard by beacon
         self.rtt: dict[str, float] = {}
@@ -145,6 +150,8 @@ class ClusterControl:
             sock.close(0)
         if self.parent_sock is not None:
             self.parent_sock.close(100)
+        if self.pending_sock is not None:
+            self.pending_sock.close(0)
         self.router.close(100)
 
     def _dealer(self, endpoint: str, identity: bool | str, worker_port: bool = False) -> zmq.Socket:
@@ -163,12 +170,12 @@ class ClusterControl:
         self.poller.register(s, zmq.POLLIN)
         return s
 
-    def _drop_socket(self, s: zmq.Socket):
+    def _drop_socket(self, s: zmq.Socket, linger: int = 0):
         try:
             self.poller.unregister(s)
         except KeyError:
             pass
-        s.close(0)
+        s.close(linger)
 
     def _endpoint(self, info: dict) -> str | None:
         host = info.get("host")
@@ -177,10 +184,11 @@ class ClusterControl:
     # -- sending ---------------------------------------------------------------------
     def _send(self, mid: str, frame: bytes) -> bool:
         if mid == self.overlay.parent or mid == self.overlay.pending_parent:
-            if self.parent_sock is None:
+            s = self.parent_sock if mid == self.overlay.parent else self.pending_sock
+            if s is None:
                 return False
             try:
-                self.parent_sock.send(frame, zmq.NOBLOCK)
+                s.send(frame, zmq.NOBLOCK)
                 return True
             except zmq.ZMQError:
                 return False
@@ -288,6 +296,9 @@ class ClusterControl:
             elif sock is self.parent_sock:
                 mine = True
                 self._drain_parent(now)
+            elif sock is self.pending_sock:
+                mine = True
+                self._drain_pending(now)
             elif self.udp is not None and sock == self.udp.fileno():
                 mine = True
                 self._drain_udp(now)
@@ -325,7 +336,20 @@ class ClusterControl:
             cmd = self._decode(frame.bytes, "parent link")
             if cmd is None:
                 continue
-            mid = self.overlay.parent or self.overlay.pending_parent
+            mid = self.overlay.parent
+            if mid is not None:
+                self._on_message(mid, cmd, now, frame.get("Peer-Address"), via_router=False)
+
+    def _drain_pending(self, now: float):
+        while self.pending_sock is not None:
+            try:
+                frame = self.pending_sock.recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            cmd = self._decode(frame.bytes, "attach request")
+            if cmd is None:
+                continue
+            mid = self.overlay.pending_parent
             if mid is not None:
                 self._on_message(mid, cmd, now, frame.get("Peer-Address"), via_router=False)
 
@@ -381,6 +405,10 @@ class ClusterControl:
                 self._reply(mid, pack([REFUSE, self._entry(saw=peer_ip), why or "unknown member", ov.gossip()]))
                 return
             fresh = mid not in ov.children
+            out = ov.make_room(mid, now)
+            if out is not None:    # at the hard cap: a higher-ranked child goes elsewhere
+                self._reply(out, pack([BYE, "moved"]))
+                self._unlinked(out, now, "moved to make room for a lower-ranked child")
             ov.add_child(mid, now)
             self._reply(mid, pack([ACCEPT, self._entry(saw=peer_ip), ov.gossip()]))
             self._link_up(mid, now)
@@ -389,14 +417,23 @@ class ClusterControl:
         elif code == ACCEPT and not via_router and mid == ov.pending_parent:
             # the parent's own entry has no host when it listens on 0.0.0.0: take the one we reached
             self._learn([cmd[1]] + list(cmd[2]), now, peer_ip)
-            ov.accepted(mid, now)
+            old = ov.accepted(mid, now)
+            if old is not None:    # a move to a shallower parent: the old link ends now
+                try:
+                    self.parent_sock.send(pack([BYE, "moved"]), zmq.NOBLOCK)
+                except (zmq.ZMQError, AttributeError):
+                    pass
+                self._close_parent(linger=200)
+                self._unlinked(old, now, "moved to a shallower parent", was_parent=True)
+            self._close_parent()
+            self.parent_sock, self.pending_sock = self.pending_sock, None
             self._link_up(mid, now)
-            log.info("attached to parent %s (%s)", ov.members.get(mid, {}).get("name"), mid)
+            log.info("attached to parent %s (%s) at depth %d", ov.members.get(mid, {}).get("name"), mid, ov.depth())
         elif code == REFUSE and not via_router and mid == ov.pending_parent:
             log.info("node %s refused to be our parent: %s", mid, cmd[2])
             if len(cmd) > 3:
                 self._learn(cmd[3], now)   # its view holds other candidates
-            self._close_parent()
+            self._close_pending()
             ov.drop(mid, now, "refused")
         elif code == INTEREST:
             if mid not in ov.neighbours():
@@ -413,7 +450,10 @@ class ClusterControl:
                 b.waiting.discard(mid)
                 self._maybe_finish(cmd[1])
         elif code == BYE:
-            if mid in ov.neighbours() or mid == ov.pending_parent:
+            if len(cmd) > 1:     # "moved": the link ends, the node lives on
+                if mid in ov.neighbours() or mid == ov.pending_parent:
+                    self._link_down(mid, now, "moved")
+            elif mid in ov.neighbours() or mid == ov.pending_parent:
                 self._link_down(mid, now, "bye")
             else:
                 ov.forget(mid, now, "bye")
@@ -519,10 +559,16 @@ class ClusterControl:
     def _link_down(self, mid: str, now: float, why: str):
         ov = self.overlay
         was_parent = mid == ov.parent or mid == ov.pending_parent
-        name = ov.members.get(mid, {}).get("name", mid)
-        ov.drop(mid, now, why)
-        if was_parent:
+        if mid == ov.parent:
             self._close_parent()
+        if mid == ov.pending_parent:
+            self._close_pending()
+        ov.drop(mid, now, why)
+        self._unlinked(mid, now, "lost: no heartbeat" if why == "dead" else why, was_parent)
+
+    def _unlinked(self, mid: str, now: float, why: str, was_parent: bool = False):
+        """The rest of a link's end, once the overlay has dropped it: interest, workers, barriers."""
+        name = self.overlay.members.get(mid, {}).get("name", mid)
         self.rtt.pop(mid, None)
         self._do(self.links.down(mid))
         self._publish_peers()
@@ -530,13 +576,18 @@ class ClusterControl:
             if mid in b.waiting:
                 b.waiting.discard(mid)
                 self._maybe_finish(token)
-        log.warning("link to %s %s (%s); %s", "parent" if was_parent else "child", name, mid,
-                    "lost: no heartbeat" if why == "dead" else why)
+        (log.info if why.startswith("moved") else log.warning)(
+            "link to %s %s (%s); %s", "parent" if was_parent else "child", name, mid, why)
 
-    def _close_parent(self):
+    def _close_parent(self, linger: int = 0):
         if self.parent_sock is not None:
-            self._drop_socket(self.parent_sock)
+            self._drop_socket(self.parent_sock, linger)
             self.parent_sock = None
+
+    def _close_pending(self):
+        if self.pending_sock is not None:
+            self._drop_socket(self.pending_sock)
+            self.pending_sock = None
 
     def _probe(self, endpoint: str, now: float):
         if endpoint in self.probes:
@@ -564,19 +615,23 @@ class ClusterControl:
                 del self.probes[ep]
         if ov.pending_parent is not None and now - ov.pending_since > ATTACH_TIMEOUT:
             log.info("no answer from prospective parent %s", ov.pending_parent)
-            self._close_parent()
+            self._close_pending()
             ov.drop(ov.pending_parent, now, "timeout")
         for mid in ov.dead_neighbours(now):
             self._link_down(mid, now, "dead")
         picked = ov.parent_candidate(now)
+        if picked is None:
+            move = ov.move_candidate(now)     # a shallower parent (make-before-break)
+            picked = (move, False) if move is not None else None
         if picked is not None:
             cand, last_resort = picked
             ep = self._endpoint(ov.members[cand])
             if ep is not None:
                 ov.asking(cand, now, last_resort)
-                self.parent_sock = self._dealer(ep, identity=True)
-                self.parent_sock.send(pack([ATTACH, self._entry(to=ov.members[cand]["host"]), ov.gossip(),
-                                            last_resort]))
+                self._close_pending()
+                self.pending_sock = self._dealer(ep, identity=True)
+                self.pending_sock.send(pack([ATTACH, self._entry(to=ov.members[cand]["host"]), ov.gossip(),
+                                             last_resort]))
         if now >= self.next_hb:
             self.next_hb = now + HB_EVERY
             ov.tick()
@@ -664,7 +719,8 @@ class ClusterControl:
                           "rtt_ms": round(self.rtt[mid] * 1000, 2) if mid in self.rtt else None,
                           "control_msgs": self.ctl_msgs.get(mid, 0)})
         return {"name": ov.me["cluster"], "node_id": ov.id, "root": ov.is_root(), "parent": ov.parent,
-                "children": sorted(ov.children), "members": members, "links": links,
+                "children": sorted(ov.children), "depth": ov.depth(), "moves": ov.moves,
+                "members": members, "links": links,
                 "lost": [{"id": x["id"], "name": x["name"], "ago_s": round(now - x["at"], 1), "why": x["why"]}
                          for x in ov.lost],
                 "interest_entries": self.interest.total_keys(),

@@ -496,7 +496,7 @@ _CONTROL = {
     RESYNC: (0, lambda a: ()),
     SYNC: (1, lambda a: (_ctl_int(a[0]),)),
     SYNC_ACK: (1, lambda a: (_ctl_int(a[0]),)),
-    CTL_BYE: (0, lambda a: ()),
+    CTL_BYE: (0, lambda a: ("moved",) if a and a[0] == "moved" else ()),   # "moved": only this link ends
 }
 
 

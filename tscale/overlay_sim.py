@@ -37,7 +37,20 @@ class SimNet:
         self.seeds = {nid: [ids[rnd.randrange(i)] for _ in range(seeds_per_node)] if i else []
                       for i, nid in enumerate(ids)}
         self.violations: list[str] = []
+        self.evictions = 0
         self.link_bytes: dict[frozenset, int] = {}   # gossip bytes per link (both ways) since the last reset
+
+    def add_node(self) -> str:
+        """A node that starts later, with --join pointing at a random live node (like a restart:
+        a new id)."""
+        nid = f"{self.rnd.getrandbits(64):016x}"
+        first = self.nodes[self.order[0]]
+        self.nodes[nid] = Overlay({"id": nid, "name": f"n{len(self.order)}", "cluster": "sim", "host": "h",
+                                   "port": 1, "ctl": 2, "workers": 1}, max_children=first.max_children)
+        live = [m for m in self.order if self.alive(m)]
+        self.seeds[nid] = [self.rnd.choice(live)] if live else []
+        self.order.append(nid)
+        return nid
 
     # -- reachability ---------------------------------------------------------------
     def alive(self, nid: str) -> bool:
@@ -106,15 +119,39 @@ class SimNet:
                 if not self.reachable(nid, cand):
                     ov.drop(cand, now, "timeout")
                     continue
-                target = self.nodes[cand]
-                target.learn([ov.my_entry()], now)
-                if target.may_accept_child(nid, last_resort) is None:
-                    target.add_child(nid, now)
-                    ov.accepted(cand, now)
+                if self._attach(nid, cand, last_resort):
                     break
-                ov.learn(target.gossip(), now)   # a refusal carries the refuser's view: more candidates
-                ov.drop(cand, now, "refused")
+        for nid in live:   # nodes with a parent move to a shallower one when it is worth it
+            ov = self.nodes[nid]
+            cand = ov.move_candidate(now)
+            if cand is None:
+                continue
+            ov.asking(cand, now)
+            if not self.reachable(nid, cand):
+                ov.drop(cand, now, "timeout")
+                continue
+            self._attach(nid, cand, False)
         self._check_acyclic()
+
+    def _attach(self, nid: str, cand: str, last_resort: bool) -> bool:
+        """nid's ATTACH to cand (reachable), as cluster.py handles it on both sides."""
+        now = self.now
+        ov, target = self.nodes[nid], self.nodes[cand]
+        target.learn([ov.my_entry()], now)
+        if target.may_accept_child(nid, last_resort) is None:
+            out = target.make_room(nid, now)
+            if out is not None:            # evicted: told by a BYE "moved"
+                self.evictions += 1
+                if self.reachable(cand, out):
+                    self.nodes[out].drop(cand, now, "moved")
+            target.add_child(nid, now)
+            old = ov.accepted(cand, now)
+            if old is not None and self.reachable(nid, old):   # a move: BYE "moved" to the old parent
+                self.nodes[old].drop(nid, now, "moved")
+            return True
+        ov.learn(target.gossip(), now)   # a refusal carries the refuser's view: more candidates
+        ov.drop(cand, now, "refused")
+        return False
 
     def _check_acyclic(self) -> None:
         for nid in self.nodes:
@@ -180,6 +217,21 @@ class SimNet:
                 return r
         return -1
 
+    def moves(self) -> int:
+        return sum(ov.moves for ov in self.nodes.values())
+
+    def run_until_settled(self, quiet_rounds: int = 8, max_rounds: int = 400) -> int:
+        """Rounds until one tree per side and no move to a shallower parent for quiet_rounds
+        rounds (counted up to the last move)."""
+        last_move, moves = 0, self.moves()
+        for r in range(1, max_rounds + 1):
+            self.step()
+            if self.moves() != moves:
+                moves, last_move = self.moves(), r
+            if r - last_move >= quiet_rounds and self.converged():
+                return last_move
+        return -1
+
     def depth(self) -> int:
         best = 0
         for nid in self.nodes:
@@ -220,20 +272,29 @@ class SimNet:
 
 
 def scenario(n: int, seed: int = 1, kill_fraction: float = 0.1) -> dict:
-    """Form, kill a fraction of nodes (interior ones first), heal; report the figures."""
+    """Form, let moves to shallower parents settle, kill a fraction of nodes (interior ones
+    first), heal, settle again; report the figures."""
     net = SimNet(n, seed=seed)
     formed = net.run_until_converged()
     report = {"nodes": n, "rounds_to_form": formed, "seconds_to_form": formed * ROUND,
-              "links": len(net.links()), "depth": net.depth(), "max_degree": net.max_degree()}
+              "links": len(net.links()), "depth_at_form": net.depth(), "max_degree_at_form": net.max_degree()}
+    settled = net.run_until_settled()
+    report.update({"seconds_to_settle": settled * ROUND, "depth": net.depth(), "max_degree": net.max_degree(),
+                   "moves_per_node": round(net.moves() / n, 2)})
     interior = sorted((nid for nid, ov in net.nodes.items() if len(ov.neighbours()) > 1),
                       key=lambda x: -len(net.nodes[x].neighbours()))
     victims = interior[:max(1, int(n * kill_fraction))]
     for v in victims:
         net.kill(v)
+    moves = net.moves()
     healed = net.run_until_converged()
     report.update({"killed": len(victims), "rounds_to_heal": healed, "seconds_to_heal": healed * ROUND,
-                   "links_after": len(net.links()), "depth_after": net.depth(),
-                   "max_degree_after": net.max_degree()})
+                   "links_after": len(net.links()), "depth_at_heal": net.depth(),
+                   "max_degree_at_heal": net.max_degree()})
+    settled = net.run_until_settled()
+    report.update({"seconds_to_settle_after": settled * ROUND, "depth_after": net.depth(),
+                   "max_degree_after": net.max_degree(), "moves_per_node_after": round((net.moves() - moves) / n, 2),
+                   "evictions": net.evictions})
     for _ in range(40):                 # 20 s: the dead are forgotten, new links have had their first full sync
         net.step()
     net.link_bytes = {}                 # steady state: gossip per link over the next 30 s
