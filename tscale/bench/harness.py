@@ -46,7 +46,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--systems", default=",".join(ALL), help="comma-separated: " + ",".join(ALL))
     ap.add_argument("--out", help="output dir (default docs/; with --quick a temp dir)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the per-run logs directory")
-    ap.add_argument("--baseline", metavar="REV",
+    ap.add_argument("--baseline", metavar="REV[,REV...]",
                     help="also measure tscale at git revision REV (own venv under .bench-cache/), "
                          "interleaved with this checkout; the report gives tscale ÷ tscale@REV")
     ap.add_argument("--variants", help='comma-separated variant labels to measure (e.g. "128 B"); default all')
@@ -128,12 +128,12 @@ def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
                 result["run"] = i + 1
                 row["runs"].append(result)
                 log(f"{tag}: {_fmt_run(result)} ({result['wall_s']:.1f} s)")
-        if base and "tscale" in (s.key for s in systems):
+        for b in (s for s in systems if base and s.key.startswith("tscale@") and "tscale" in _keys(systems)):
             for variant in variants:
                 new = _run_rate(rows[variant.label, "tscale"], i + 1)
-                old = _run_rate(rows[variant.label, base.key], i + 1)
+                old = _run_rate(rows[variant.label, b.key], i + 1)
                 if new and old:
-                    log(f"[{scenario.key} {variant.label}] run {i + 1}/{runs}: tscale ÷ {base.key} = "
+                    log(f"[{scenario.key} {variant.label}] run {i + 1}/{runs}: tscale ÷ {b.key} = "
                         f"{new / old:.3f}×")
         if len(variants) > 1 and scenario.paired:
             for system in systems:
@@ -149,6 +149,10 @@ def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
         elif not row["runs"] and row["status"] == "ok":
             row["status"] = "failed: " + (row["errors"][0] if row["errors"] else "no run")
     return list(rows.values())
+
+
+def _keys(systems) -> set[str]:
+    return {s.key for s in systems}
 
 
 def _run_rate(row: dict, run: int):
@@ -209,10 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline:
         from tscale.bench import baseline
 
-        base = baseline.prepare(args.baseline)
-        ALL[base.key] = base
         keys = args.systems.split(",")
-        keys.insert(keys.index("tscale") + 1 if "tscale" in keys else 0, base.key)
+        at = keys.index("tscale") + 1 if "tscale" in keys else 0
+        for rev in reversed(args.baseline.split(",")):
+            base = baseline.prepare(rev)
+            ALL[base.key] = base
+            keys.insert(at, base.key)
         args.systems = ",".join(keys)
 
     started = time.monotonic()
