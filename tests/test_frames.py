@@ -364,6 +364,21 @@ def test_clean_msg_returns_the_same_list_when_all_good():
     assert out is cmd and dropped == 0
 
 
+@pytest.mark.parametrize("col,bad", [(0, True), (0, 1.0), (0, "1"), (0, [1]), (1, b"a"), (1, 1), (1, None),
+                                     (2, "x"), (2, bytearray(b"x")), (2, None), (3, {"x": 1}), (3, [1]),
+                                     (3, [None]), (3, 0)])
+def test_clean_msg_fast_path_misses_no_wrong_field(col, bad):
+    """One wrong field among good no-meta events (the case the all-good fast path takes):
+    exactly that event is dropped, wherever it sits."""
+    for pos in (0, 57, 99):
+        events = [[1, "a", b"x", None] for _ in range(100)]
+        events[pos][col] = bad
+        cmd = [MSG] + [f for e in events for f in e]
+        out, dropped = clean_msg(cmd)
+        assert dropped == 1 and len(out) == 1 + 4 * 99
+        assert out[1:] == [1, "a", b"x", None] * 99
+
+
 def test_node_control_frames():
     assert decode_node(pack([OK, 5])) == (OK, 5)
     assert decode_node(pack([OK])) == (OK, None)

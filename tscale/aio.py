@@ -216,12 +216,14 @@ class Client(CoreView):
             code = cmd[0]
             if code == protocol.MSG:
                 cmd = cmd[1]
-                subs = self._subs
-                for i in range(1, len(cmd), 4):
-                    sub = subs.get(cmd[i])
+                get = self._subs.get
+                for sid, name, data, meta in zip(cmd[1::4], cmd[2::4], cmd[3::4], cmd[4::4]):
+                    sub = get(sid)
                     if sub is not None:
-                        meta = cmd[i + 3] or (None, None)
-                        sub._push(Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self))
+                        if meta is None:
+                            sub._push(Msg(name, data, None, None, sid, self))
+                        else:
+                            sub._push(Msg(name, data, meta[0], meta[1], sid, self))
             else:
                 kind, f, value = self._core.control(cmd, self._waiters)
                 if kind == "reply" and f is not None and not f.done():

@@ -377,16 +377,16 @@ class Client(CoreView):
             code = cmd[0]
             if code == protocol.MSG:
                 cmd = cmd[1]
-                subs = self._subs
-                for i in range(1, len(cmd), 4):
-                    sub = subs.get(cmd[i])
+                get = self._subs.get
+                # zip over the four column slices: fewer bytecodes per event than indexing.
+                for sid, name, data, meta in zip(cmd[1::4], cmd[2::4], cmd[3::4], cmd[4::4]):
+                    sub = get(sid)
                     if sub is None:
                         continue
-                    meta = cmd[i + 3]
                     if meta is None:
-                        msg = Msg(cmd[i + 1], cmd[i + 2], None, None, cmd[i], self)
+                        msg = Msg(name, data, None, None, sid, self)
                     else:
-                        msg = Msg(cmd[i + 1], cmd[i + 2], meta[0], meta[1], cmd[i], self)
+                        msg = Msg(name, data, meta[0], meta[1], sid, self)
                     cb = sub._cb
                     if cb is None:
                         sub._push(msg)

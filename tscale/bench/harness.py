@@ -2,12 +2,16 @@
 
     python -m tscale.bench.harness [--quick] [--runs N] [--only SCENARIO,...]
                                    [--systems tscale,nats,redis,zmq] [--out DIR]
+                                   [--baseline REV] [--variants LABEL,...]
 
 Runs every selected scenario against every selected system that supports it (runs
 interleaved across systems so drift hits all alike), keeps going when one system
 fails, stops everything it started, and writes DIR/BENCHMARKS.md,
 DIR/bench/results.json and DIR/bench/*.png.  ``--quick`` uses tiny counts and one
 run (CI checks the harness still works) and writes to a temp dir unless --out is given.
+``--baseline REV`` adds the system ``tscale@REV`` (tscale at that git revision, from
+its own cached venv, see ``tscale.bench.baseline``) beside this checkout's tscale: its
+runs interleave with tscale's and the report gives tscale ÷ tscale@REV per run.
 Exit status 1 when a measurement failed; a system that is not installed or not
 importable is reported ("<system>: failed: <reason>") but does not change the status.
 """
@@ -42,6 +46,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--systems", default=",".join(ALL), help="comma-separated: " + ",".join(ALL))
     ap.add_argument("--out", help="output dir (default docs/; with --quick a temp dir)")
     ap.add_argument("--keep-logs", action="store_true", help="keep the per-run logs directory")
+    ap.add_argument("--baseline", metavar="REV[,REV...]",
+                    help="also measure tscale at git revision REV (own venv under .bench-cache/), "
+                         "interleaved with this checkout; the report gives tscale ÷ tscale@REV")
+    ap.add_argument("--variants", help='comma-separated variant labels to measure (e.g. "128 B"); default all')
     args = ap.parse_args(argv)
     for name, valid, value in (("--only", BY_KEY, args.only), ("--systems", ALL, args.systems)):
         unknown = [v for v in (value or "").split(",") if v and v not in valid]
@@ -98,9 +106,12 @@ def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
     rows = {(v.label, s.key): dict(scenario=scenario.key, variant=v.label, system=s.key,
                                    status="ok", runs=[], errors=[])
             for v in variants for s in systems}
+    base = next((s for s in systems if s.key.startswith("tscale@")), None)
     for i in range(runs):
+        # With a baseline, every other run measures it first, so drift does not favour one side.
+        order = systems[::-1] if base and i % 2 else systems
         for variant in variants:
-            for system in systems:
+            for system in order:
                 row = rows[variant.label, system.key]
                 if problems[system.key]:
                     row["status"] = f"failed: {problems[system.key]}"
@@ -117,6 +128,13 @@ def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
                 result["run"] = i + 1
                 row["runs"].append(result)
                 log(f"{tag}: {_fmt_run(result)} ({result['wall_s']:.1f} s)")
+        for b in (s for s in systems if base and s.key.startswith("tscale@") and "tscale" in _keys(systems)):
+            for variant in variants:
+                new = _run_rate(rows[variant.label, "tscale"], i + 1)
+                old = _run_rate(rows[variant.label, b.key], i + 1)
+                if new and old:
+                    log(f"[{scenario.key} {variant.label}] run {i + 1}/{runs}: tscale ÷ {b.key} = "
+                        f"{new / old:.3f}×")
         if len(variants) > 1 and scenario.paired:
             for system in systems:
                 base = _run_rate(rows[variants[0].label, system.key], i + 1)
@@ -131,6 +149,10 @@ def measure_variants(scenario, variants, systems, runs: int, runner: Runner,
         elif not row["runs"] and row["status"] == "ok":
             row["status"] = "failed: " + (row["errors"][0] if row["errors"] else "no run")
     return list(rows.values())
+
+
+def _keys(systems) -> set[str]:
+    return {s.key for s in systems}
 
 
 def _run_rate(row: dict, run: int):
@@ -155,6 +177,10 @@ def run_all(args: argparse.Namespace, counts, runner: Runner) -> list[dict]:
         systems = [s for s in wanted_systems if scenario.feature in s.features
                    and (scenario.only is None or s.key in scenario.only)]
         variants = scenario.variants(counts)
+        if args.variants:
+            variants = [v for v in variants if v.label in args.variants.split(",")]
+            if not variants:
+                continue
         if scenario.paired:
             rows += measure_variants(scenario, variants, systems, runs, runner, problems)
         else:
@@ -183,6 +209,17 @@ def main(argv: list[str] | None = None) -> int:
     atexit.register(procs.stop_all)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda signum, frame: sys.exit(128 + signum))
+
+    if args.baseline:
+        from tscale.bench import baseline
+
+        keys = args.systems.split(",")
+        at = keys.index("tscale") + 1 if "tscale" in keys else 0
+        for rev in reversed(args.baseline.split(",")):
+            base = baseline.prepare(rev)
+            ALL[base.key] = base
+            keys.insert(at, base.key)
+        args.systems = ",".join(keys)
 
     started = time.monotonic()
     runner = Runner(workdir, Timing(idle_timeout=counts.idle_timeout))

@@ -143,10 +143,11 @@ def stop_all() -> None:
 class Child:
     """A driver process speaking the READY/GO/STOP/RESULT line protocol."""
 
-    def __init__(self, argv: list[str], label: str, log_path: Path, env: dict | None = None):
+    def __init__(self, argv: list[str], label: str, log_path: Path, env: dict | None = None,
+                 cwd: str | None = None):
         self.label = label
         self.log_path = log_path
-        self.proc = spawn(argv, log_path=log_path, pipes=True, env=env)
+        self.proc = spawn(argv, log_path=log_path, pipes=True, env=env, cwd=cwd)
         self._lines: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 

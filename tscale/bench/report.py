@@ -172,6 +172,27 @@ def _paired_ratios(rows: list[dict], system: str, base_variant: str, variant: st
             if r.get("rate") and base_rates.get(r.get("run"))]
 
 
+def _baseline_lines(rows: list[dict]) -> list[str]:
+    """tscale ÷ tscale@REV (``--baseline REV``) of each run number, variant by variant: both were
+    measured back to back in each run, so these ratios, not the medians, say before vs after."""
+    out = []
+    for key in sorted({r["system"] for r in rows if r["system"].startswith("tscale@")}):
+        for variant in _variants(rows):
+            new, old = _find(rows, "tscale", variant), _find(rows, key, variant)
+            if not new or not old:
+                continue
+            old_rates = {r.get("run"): r.get("rate") for r in old["runs"] if r.get("run")}
+            ratios = [r["rate"] / old_rates[r["run"]] for r in new["runs"]
+                      if r.get("rate") and old_rates.get(r.get("run"))]
+            if ratios:
+                per_run = ", ".join(f"{x:.2f}" for x in ratios)
+                out.append(f"- **tscale ÷ {key}, {variant}: {_ratio_range(ratios)}**: median of "
+                           f"{len(ratios)} per-run ratio(s) ({per_run}), each run measuring both back to "
+                           "back; the medians in the table are "
+                           f"{_rate(_med(new, 'rate'))}/s and {_rate(_med(old, 'rate'))}/s.")
+    return out
+
+
 def _ratio_range(ratios: list[float]) -> str:
     med = statistics.median(ratios)
     if min(ratios) == max(ratios):
@@ -232,6 +253,7 @@ def _throughput_section(rows: list[dict], scenario) -> list[str]:
                 line[1] += f" ({row['status']})"
             lines.append(line)
     out = _table(header, lines) if lines else []
+    extra = _baseline_lines(rows) + extra
     if extra:
         out += [""] + extra
     if notes:

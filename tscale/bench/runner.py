@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tscale.bench import procs
-from tscale.bench.systems import System, driver_env
+from tscale.bench.systems import System
 
 READY_DEADLINE = 60.0
 ISOLATION_REQUESTS = "svc.echo"   # the request name of the isolation scenario
@@ -76,8 +76,8 @@ class Runner:
     def _spawn(self, rundir: Path, role: str, system: System, addr: str, args: dict,
                label: str, server=None) -> procs.Child:
         argv = system.driver_argv(role, addr, args)
-        env = dict(driver_env(), **(getattr(server, "client_env", None) or {}))
-        return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=env)
+        env = dict(system.env(), **(getattr(server, "client_env", None) or {}))
+        return procs.Child(argv, f"{system.key} {label}", rundir / f"{label}.log", env=env, cwd=system.cwd())
 
     @staticmethod
     def _all_ready(children: list[procs.Child], deadline_s: float = READY_DEADLINE) -> None:

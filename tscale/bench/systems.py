@@ -180,9 +180,9 @@ def _run_version(argv: list[str]) -> str:
         return f"unknown ({exc})"
 
 
-def _start_process(argv: list[str], log: Path, name: str, ready, env=None) -> subprocess.Popen:
+def _start_process(argv: list[str], log: Path, name: str, ready, env=None, cwd=None) -> subprocess.Popen:
     """Start a server, then wait for ``ready()``; fail fast (with its log) if it dies."""
-    proc = procs.spawn(argv, log_path=log, env=env)
+    proc = procs.spawn(argv, log_path=log, env=env, cwd=cwd)
 
     def up():
         if proc.poll() is not None:
@@ -221,9 +221,22 @@ class System:
     def _server(self, addr: str, proc: subprocess.Popen, log: Path) -> Server:
         return Server(addr, proc, procs.Tree(proc.pid), log, self.loss_patterns)
 
+    def executable(self) -> str:
+        """The Python of this system's processes (a ``--baseline`` revision has its own venv)."""
+        return sys.executable
+
+    def env(self) -> dict:
+        """Environment of this system's processes (server and drivers)."""
+        return driver_env()
+
+    def cwd(self) -> str | None:
+        """Working directory of this system's processes (``python -m`` puts it first on sys.path)."""
+        return None
+
     def driver_argv(self, role: str, addr: str, args: dict) -> list[str]:
         """The command of one client process (``tscale.bench.driver``'s line protocol)."""
-        return [sys.executable, "-m", "tscale.bench.driver", role, self.key, addr, json.dumps(args)]
+        driver = "tscale" if isinstance(self, Tscale) else self.key   # a baseline's drivers are tscale's
+        return [self.executable(), "-m", "tscale.bench.driver", role, driver, addr, json.dumps(args)]
 
     def versions(self) -> dict[str, str]:
         return {}
@@ -339,7 +352,7 @@ class Tscale(System):
         addr = f"127.0.0.1:{port}"
         data_dir = rundir / f"tscale-data-{port}"
         data_dir.mkdir(parents=True, exist_ok=True)
-        argv = [sys.executable, "-m", "tscale.cli", "up", "--listen", addr, "--workers",
+        argv = [self.executable(), "-m", "tscale.cli", "up", "--listen", addr, "--workers",
                 str(workers), "--data-dir", str(data_dir), "--log-level", "warning",
                 "--no-discovery"]   # no UDP beacons from a benchmark: traffic stays on 127.0.0.1
         if cluster:
@@ -363,7 +376,7 @@ class Tscale(System):
 
         log = rundir / f"tscale-node-{name + '-' if name else ''}{port}.log"
         proc = _start_process(argv, log, f"tscale node {name or ''}".strip(), accepts_client,
-                              env=env or driver_env())
+                              env=env or self.env(), cwd=self.cwd())
         server = self._server(addr, proc, log)
         if server_key:
             server.client_env = {"TSCALE_SERVER_KEY": server_key}
@@ -396,7 +409,7 @@ class Tscale(System):
     def _try_chain(self, rundir, nodes: int, workers: int) -> tuple[Chain | None, str]:
         """One attempt: (the chain, "") or (None, the shape that formed instead)."""
         cluster = f"bench-{os.getpid()}-{secrets.token_hex(4)}"
-        env = dict(driver_env(), TSCALE_MAX_CHILDREN="1")
+        env = dict(self.env(), TSCALE_MAX_CHILDREN="1")
         started: list[Server] = []
         names: list[str] = []
         seen: dict[str, str] = {}   # the overlay last seen while waiting, for the error message
