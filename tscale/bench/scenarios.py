@@ -289,9 +289,10 @@ SCENARIOS: list[Scenario] = [
              lambda c: [Variant("rss", lambda r, s: r.footprint(s, c.subscriptions, c.connections))]),
     Scenario("cluster", "3-node chain vs a single node, 1 → 1, 128 B", THROUGHPUT, PUBSUB,
              "tscale only.  Three nodes on 127.0.0.1 (one worker each, --no-discovery, a fresh "
-             "cluster name per run, TSCALE_MAX_CHILDREN=1), each joining the previous one.  Parents "
-             "have lower (random) node ids, so in 2 of the 6 id orders the overlay becomes a star "
-             "instead of a chain; such nodes are stopped and three new ones started.  Once every "
+             "cluster name per run, TSCALE_MAX_CHILDREN=1), each joining the previous one.  With a "
+             "fan-out of 1 the settled overlay is a chain in rank order (nodes move to shallower "
+             "parents); an attempt whose overlay is no chain in time is stopped and three new "
+             "nodes started.  Once every "
              "node sees the chain, the publisher connects to one end "
              "and the subscriber to the other (subscribed with confirm=\"cluster\", so the "
              "interest has reached the publisher's node before it starts), and every event is "

@@ -388,11 +388,10 @@ class Tscale(System):
         Each node joins the previous one (``--join``), beacons are off (``--no-discovery``:
         nothing leaves 127.0.0.0/8), the cluster name is unique to each attempt (parallel
         runs never mix), and ``TSCALE_MAX_CHILDREN=1`` for every node.  A node's parent
-        has a lower (random) node id and keeps it once it has one, so the shape depends on
-        the ids: when the last node's id falls between the first two's, the lowest node is
-        already full and takes it anyway as a "last resort", which makes a star, not a
-        chain (2 of the 6 id orders).  Such an attempt is stopped and started afresh (new
-        ids); the chances of needing more than CHAIN_ATTEMPTS are (1/3)**CHAIN_ATTEMPTS.
+        has a lower (random) node id; a node at its fan-out takes one more child only as a
+        "last resort" (up to the hard cap), and nodes then move to shallower parents, so
+        with fan-out 1 the settled overlay is a chain in rank order.  An attempt whose
+        overlay is not a chain in time is stopped and started afresh (new ids).
         """
         t0 = time.monotonic()
         rejected: list[str] = []
