@@ -297,9 +297,14 @@ class Client(CoreView):
                 self._q_handlers.pop(f.reply, None)
                 raise Timeout(f"publish {name!r}: no queue confirmed within {timeout:g}s") from None
         self._check_open()
-        k = self._core.add_event(name, data, headers, reply)
-        if k < 0:
-            k = -1 - k
+        await self._queued(self._core.add_event(name, data, headers, reply))
+
+    async def _queued(self, r: int) -> None:
+        """An event was added to a batch (`r` as ClientCore.add_event returns it): a full batch
+        (r < 0, for worker -1-r) goes to the I/O task's queue, waiting while too many frames
+        are queued there (back-pressure); then wake the I/O task."""
+        if r < 0:
+            k = -1 - r
             q = self._outq[k]
             q.append(self._core.take_batch(k))
             while len(q) > MAX_QUEUED_FRAMES:
@@ -511,16 +516,7 @@ class Consumer(qc.ConsumerCore):
     async def _answer(self, op: str, seq: int, delay):
         c = self._client
         c._check_open()
-        r = self._queue_answer(op, seq, delay)
-        if r < 0:
-            k = -1 - r
-            q = c._outq[k]
-            q.append(c._core.take_batch(k))
-            while len(q) > MAX_QUEUED_FRAMES:
-                c._drained.clear()
-                c._wake.set()
-                await c._drained.wait()
-        c._wake.set()
+        await c._queued(self._queue_answer(op, seq, delay))
 
     async def fetch(self, batch: int | None = None, timeout: float = 1.0) -> list:
         c = self._client
