@@ -354,25 +354,32 @@ def test_add_answers_once_every_owner_worker_has_the_patterns(make_node, clients
     other = 1 - home
     names = [name_for(other, 2, q + ".x", start=k) for k in range(3)]
     held = node.worker_pids()[other]
-    c.queue_ls()                    # the client's queue inbox is in place before the hold
-    result = {}
+    # Two clients add the same queue at once (the second add is the idempotent repeat, which
+    # must wait for the same thing); their queue inboxes are in place before the hold.
+    adders = [c, clients(node)]
+    for a in adders:
+        a.queue_ls()
+    results = [{}, {}]
 
-    def add():
+    def add(a, result):
         try:
-            result["info"] = c.queue_add(q, q + ".>", timeout=DEADLINE)
+            result["info"] = a.queue_add(q, q + ".>", timeout=DEADLINE)
         except Exception as exc:   # reported below
             result["error"] = exc
 
     os.kill(held, signal.SIGSTOP)
     try:
-        t = threading.Thread(target=add, daemon=True)
-        t.start()
-        t.join(1.0)                 # bounded hold: the add must still be waiting for the held worker
-        assert not result, f"the add returned while an owner worker could not know it: {result!r}"
+        threads = [threading.Thread(target=add, args=(a, r), daemon=True) for a, r in zip(adders, results)]
+        for t in threads:
+            t.start()
+        threads[0].join(1.0)        # bounded hold: the adds must still be waiting for the held worker
+        threads[1].join(0.2)
+        assert results == [{}, {}], f"an add returned while an owner worker could not know it: {results!r}"
     finally:
         os.kill(held, signal.SIGCONT)
-    t.join(DEADLINE)
-    assert "info" in result, result
+    for t in threads:
+        t.join(DEADLINE)
+    assert all("info" in r for r in results), results
     for n in names:
         c.publish(n, b"right after")
     c.publish(names[0], b"end", confirm=True)

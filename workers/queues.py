@@ -42,7 +42,7 @@ REPLY_CHUNK = 256 * 1024   # payload bytes per fetch reply event (one larger eve
 class QState:
     """One queue on this worker: its model, its row id, its sink connection and parked fetches."""
 
-    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched", "overlap", "saved_seq")
+    __slots__ = ("q", "qid", "conn", "subs", "waiters", "touched", "overlap", "saved_seq", "adding")
 
     def __init__(self, q: Queue, qid: int):
         self.q = q
@@ -53,6 +53,7 @@ class QState:
         self.touched = False
         self.overlap = False        # two of its patterns can match one name
         self.saved_seq = q.last_seq  # last_seq as written to the store
+        self.adding: list | None = None  # while an add waits for its patterns: the reply names to answer
 
 
 class QueueShell:
@@ -380,8 +381,12 @@ class QueueShell:
         cfg = QueueConfig.parse(config)
         existing = self.queues.get(queue)
         if existing is not None:
-            if existing.q.cfg == cfg:
-                return self._info(existing)      # the same add again is idempotent
+            if existing.q.cfg == cfg:            # the same add again is idempotent ...
+                if existing.adding is None:
+                    return self._info(existing)
+                if reply is not None:            # ... and answered when the first one is
+                    existing.adding.append(reply)
+                return None
             raise QueueError(E_EXISTS, f"queue {queue!r} exists with another configuration")
         self._check_overlap(cfg)
         qid = self._store_op(self.store.add_queue, cfg.to_dict())
@@ -390,18 +395,19 @@ class QueueShell:
         # Answer only once the patterns are in place on every owner worker and reachable node:
         # an event published right after the add returns must be stored (the add is committed
         # by then too: the answer leaves with a later pass's outbox).
-        self._subscribe(qs, lambda: self._added(qs, reply))
+        qs.adding = [] if reply is None else [reply]
+        self._subscribe(qs, lambda: self._added(qs))
         self._broadcast_defs()
         return None
 
-    def _added(self, qs: QState, reply: str | None) -> None:
-        if reply is None:
-            return
+    def _added(self, qs: QState) -> None:
+        replies, qs.adding = qs.adding or [], None
         if self.queues.get(qs.q.cfg.name) is qs:
-            self.outbox.append(("api", reply, api.ok(self._info(qs)), None))
+            answer = api.ok(self._info(qs))
         else:   # its commit failed (the queues were reloaded without it), or it was removed meanwhile
-            self.outbox.append(("api", reply, api.error(E_UNAVAILABLE, f"queue {qs.q.cfg.name!r} was not kept"),
-                                None))
+            answer = api.error(E_UNAVAILABLE, f"queue {qs.q.cfg.name!r} was not kept")
+        for reply in replies:
+            self.outbox.append(("api", reply, answer, None))
         self.dirty = True
 
     def _check_overlap(self, cfg: QueueConfig) -> None:
