@@ -14,6 +14,7 @@ while draining the input is packed into one MSG frame per connection.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -106,7 +107,7 @@ class Worker:
         self.acks = WorkerAcks(self.synced)  # who confirms interest changes, and when
         # ackkey -> [conn, req, waiting set, deadline]; conn None: req is a callable to run instead of OK
         self.pending_acks: dict[int, list] = {}
-        self.next_ack = 1
+        self.ackkeys = itertools.count(1)   # keys of interest changes waiting for confirmation
         self.node_status: dict = {}
         self.pending_status: list = []   # STATUS requests waiting for the first node status
         self.started = time.time()
@@ -718,8 +719,7 @@ class Worker:
         if same and not cluster:
             self.tx.send(conn, protocol.ok(req))   # a repeated SUB (after a reconnect) is idempotent
             return
-        ackkey = self.next_ack
-        self.next_ack += 1
+        ackkey = next(self.ackkeys)
         if same:
             waiting = set()                      # already in place here; only the cluster barrier is new
         else:
@@ -733,28 +733,16 @@ class Worker:
             conn.subs[sid] = s
             self.table.add(s)
             waiting = self._announce(s, +1, ackkey)
-        if cluster:
-            # Confirm only once every reachable node has the interest: the supervisor
-            # runs a barrier along the overlay after our interest change.
-            self.report.confirm(ackkey)
-            self._send_reports()
-            waiting.add(bus.SUPERVISOR)
-        if waiting:
-            self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT + (3.0 if cluster else 0.0)]
-        else:
-            self.tx.send(conn, protocol.ok(req))
+        self._await(ackkey, waiting, conn, req, cluster)
 
     def _on_unsub(self, conn: Connection, sid: int, req):
         s = conn.subs.get(sid)
         if s is not None:
             # Like SUB: confirm only once the owner workers have dropped the interest, so no
             # event published after UNSUB returns is still picked for this member.
-            ackkey = self.next_ack
-            self.next_ack += 1
-            waiting = self._unsubscribe(conn, s, ackkey)
-            if waiting:
-                self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT]
-                return
+            ackkey = next(self.ackkeys)
+            self._await(ackkey, self._unsubscribe(conn, s, ackkey), conn, req, False)
+            return
         self.tx.send(conn, protocol.ok(req))
 
     def _unsubscribe(self, conn: Connection, s: Subscription, ackkey=None) -> set:
@@ -901,6 +889,19 @@ class Worker:
             del self.pending_acks[ackkey]
             self._confirm(p[0], p[1])
 
+    def _await(self, ackkey: int, waiting: set, conn, req, cluster: bool):
+        """Answer (`_confirm`) once the workers in `waiting` have confirmed `ackkey`, at once if
+        none; with `cluster` also only once every reachable node has our interest: the
+        supervisor runs a barrier along the overlay after our interest change."""
+        if cluster:
+            self.report.confirm(ackkey)
+            self._send_reports()
+            waiting.add(bus.SUPERVISOR)
+        if waiting:
+            self.pending_acks[ackkey] = [conn, req, waiting, self.now + ACK_TIMEOUT + (3.0 if cluster else 0.0)]
+        else:
+            self._confirm(conn, req)
+
     def _confirm(self, conn, req):
         """An interest change is in place: OK to the client, or run the internal waiter."""
         if conn is None:
@@ -912,8 +913,7 @@ class Worker:
         """Announce new internal subscriptions (a durable queue's) and call `done()` once every
         owner worker of this host and every reachable node has them (as a SUB with confirm
         "cluster" waits; at most ACK_TIMEOUT + 3 s)."""
-        ackkey = self.next_ack
-        self.next_ack += 1
+        ackkey = next(self.ackkeys)
         targets = set()
         for sub in subs:
             self._announce(sub, +1, None)
@@ -922,10 +922,7 @@ class Worker:
         waiting = self.acks.waiting_for(targets)
         for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
             self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
-        self.report.confirm(ackkey)
-        self._send_reports()
-        waiting.add(bus.SUPERVISOR)
-        self.pending_acks[ackkey] = [None, done, waiting, self.now + ACK_TIMEOUT + 3.0]
+        self._await(ackkey, waiting, None, done, True)
 
     def _synced_with(self, frm: int):
         """Worker `frm`'s snapshot is applied: confirm what it asked meanwhile, and ask it again
