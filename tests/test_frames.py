@@ -436,6 +436,9 @@ def test_control_frames_decode_to_typed_tuples():
     assert decode_control(pack([SYNC, 9])) == (SYNC, 9)
     assert decode_control(pack([SYNC_ACK, 9])) == (SYNC_ACK, 9)
     assert decode_control(pack([CTL_BYE])) == (CTL_BYE,)
+    assert decode_control(pack([CTL_BYE, "moved"])) == (CTL_BYE, "moved")   # only this link ends
+    for junk in (["moved!"], [["moved"]], [{"moved": 1}], [None], ["moved", 1, 2]):
+        assert decode_control(pack([CTL_BYE, *junk])) == ((CTL_BYE, "moved") if junk[0] == "moved" else (CTL_BYE,))
 
 
 def test_bad_member_entries_are_dropped_from_gossip():
