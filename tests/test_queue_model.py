@@ -340,7 +340,7 @@ def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
     store.commit()
     assert store.unsynced_since is not None
     other = sqlite3.connect(path)
-    assert other.execute(f"SELECT count(*) FROM m{qid}").fetchone()[0] == 1
+    assert other.execute(f"SELECT sum(n) FROM s{qid}").fetchone()[0] == 1
     other.close()
     store.sync_wal()
     assert store.unsynced_since is None
@@ -354,4 +354,92 @@ def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
     store.append([(qid, 4, 0.0, "q.x", b"p", None, None)])
     assert level() == 2                          # a new transaction for an "always" write: FULL again
     store.commit()
+    store.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=6), st.sets(st.integers(1, 600)),
+       st.integers(1, 3000), st.booleans())
+def test_store_runs_keep_every_event_and_forget_deleted_ones(tmp_path_factory, writes, dels, size, reopen_between):
+    """Events written in runs (one row per run of consecutive sequences, split at SEGMENT_EVENTS and
+    SEGMENT_BYTES): each reads back as written; deleted ones are neither read nor loaded, and a run
+    whose every event is deleted leaves no row (nor `gone` rows) behind."""
+    from tscale.queues import store as store_mod
+    path = str(tmp_path_factory.mktemp("db") / "w0.db")
+    store = SqliteStore(path)
+    qid = store.add_queue(cfg().to_dict())
+    store.commit()
+    seq, want = 0, {}
+    for n in writes:
+        rows = []
+        for _ in range(n):
+            seq += 1
+            meta = [{"h": str(seq)}, None] if seq % 3 == 0 else None
+            rows.append((qid, seq, float(seq), f"q.{seq}", bytes([seq % 256]) * (size if seq % 7 == 0 else 5),
+                         meta, f"id{seq}" if seq % 2 else None))
+            want[seq] = rows[-1]
+        store.append(rows)
+        store.commit()
+    dels = sorted(d for d in dels if d in want)
+    half = len(dels) // 2
+    for part in (dels[:half], dels[half:]):
+        store.apply(qid, None, [("del", s) for s in part], [])
+        store.commit()
+        for s in part:
+            del want[s]
+        if reopen_between:
+            store.close()
+            store = SqliteStore(path)
+            list(store.load())
+    got = store.read(qid, list(range(1, seq + 2)))
+    assert got == {s: (r[3], r[4], r[5], r[2]) for s, r in want.items()}
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _config, _last, msgs, _gs)] = list(store.load())
+    assert msgs == [(s, r[2], len(r[4]), r[6]) for s, r in sorted(want.items())]
+    assert store.read(qid, sorted(want)[:50]) == {s: (r[3], r[4], r[5], r[2]) for s, r in sorted(want.items())[:50]}
+    rows = store.db.execute(f"SELECT seq, n FROM s{qid}").fetchall()
+    assert all(1 <= n <= store_mod.SEGMENT_EVENTS for _, n in rows)
+    assert all(any(a <= s < a + n for s in want) for a, n in rows)    # no run without a stored event
+    gone = [s for (s,) in store.db.execute("SELECT seq FROM gone WHERE qid=?", (qid,))]
+    assert not set(gone) & set(want) and all(any(a <= s < a + n for a, n in rows) for s in gone)
+    store.close()
+
+
+def test_store_migrates_a_schema_3_file_to_runs(tmp_path):
+    """Schema 3 (a row per event in m<qid>) opens as runs: same events, same metas, in rows of
+    consecutive sequences; the old table is gone."""
+    path = str(tmp_path / "w0.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
+                             last_seq INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE groups (qid INTEGER NOT NULL, name TEXT NOT NULL, cursor INTEGER NOT NULL,
+                             counters BLOB NOT NULL, floor INTEGER, PRIMARY KEY (qid, name)) WITHOUT ROWID;
+        CREATE TABLE pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                              deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+        CREATE TABLE done (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                           PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+        CREATE TABLE m1 (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL,
+                         meta BLOB, msg_id TEXT);
+        PRAGMA user_version=3;
+    """)
+    db.execute("INSERT INTO queues VALUES (1, 'q', ?, 300)", (msgpack.packb(cfg().to_dict()),))
+    stored = [s for s in range(1, 301) if s not in (5, 6, 200)]
+    for s in stored:
+        db.execute("INSERT INTO m1 VALUES (?, ?, ?, ?, ?, ?)",
+                   (s, float(s), f"q.{s}", b"x" * s, msgpack.packb([{"k": "v"}, None]) if s == 7 else None,
+                    "m" if s == 8 else None))
+    db.close()
+    store = SqliteStore(path)
+    [(qid, _config, last_seq, msgs, _gs)] = list(store.load())
+    assert last_seq == 300 and [m[0] for m in msgs] == stored
+    assert msgs[5] == (8, 8.0, 8, "m")
+    got = store.read(qid, stored)
+    assert got[7] == ("q.7", b"x" * 7, [{"k": "v"}, None], 7.0) and got[300] == ("q.300", b"x" * 300, None, 300.0)
+    assert len(got) == len(stored)
+    tables = {t for (t,) in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "m1" not in tables and "s1" in tables
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     store.close()
