@@ -443,3 +443,20 @@ def test_store_migrates_a_schema_3_file_to_runs(tmp_path):
     assert "m1" not in tables and "s1" in tables
     assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     store.close()
+
+
+def test_client_reply_names_are_owned_by_the_worker_that_answers():
+    """Batch names (one per worker) and reply names for a given worker are owned by that worker, so
+    a home's confirms and fetch answers reach the client without a worker-to-worker hop."""
+    from tscale.client_core import ClientCore
+    from tscale.sharding import shard_of
+    core = ClientCore()
+    for n in (1, 2, 3, 8):
+        core.workers = n
+        names = core.confirm_batch_names()
+        assert [shard_of(b, n) for b in names] == list(range(n))
+        assert all(b.startswith(core.inbox_prefix) and "." not in b[len(core.inbox_prefix):] for b in names)
+        for k in range(n):
+            r = core.inbox_owned_by(k)
+            assert shard_of(r, n) == k and r.startswith(core.inbox_prefix)
+    assert len({core.inbox_owned_by(0) for _ in range(50)}) == 50      # fresh each time

@@ -573,13 +573,17 @@ class Client(CoreView):
         return msg
 
     # -- durable queues (docs/QUEUES.md) -------------------------------------------
-    def _q_reply_name(self) -> str:
+    def _q_reply_name(self, owner: int | None = None) -> str:
+        """A fresh reply name on the queue inbox; with `owner`, one that worker owns (see inbox_owned_by)."""
         if self._q_sub is None:
             # confirm="cluster": a queue's home on another node must know the inbox before it answers
-            self._q_batch = self._core.inbox_prefix + "c"      # where homes send batches of confirms
-            self._q_handlers[self._q_batch] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
+            self._q_batches = self._core.confirm_batch_names()   # where homes send batches of confirms
+            for b in self._q_batches:
+                self._q_handlers[b] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
             self._q_sub = self.subscribe(self._core.inbox_prefix + "*", cb=self._q_on_reply, confirm="cluster")
-        return self._core.inbox()
+        if owner is None:
+            return self._core.inbox()
+        return self._core.inbox_owned_by(owner)
 
     def _q_on_reply(self, msg: Msg):
         h = self._q_handlers.get(msg.name)
@@ -592,7 +596,8 @@ class Client(CoreView):
         The future has `.reply`, the reply name; drop it from a window you give up on."""
         self._check_open()
         reply = self._q_reply_name()
-        h = qc.confirm_headers(headers, msg_id, self._q_batch)
+        batches = self._q_batches
+        h = qc.confirm_headers(headers, msg_id, batches[self._core.owner(name) % len(batches)])
         f: concurrent.futures.Future = concurrent.futures.Future()
         f.reply = reply
         self._q_handlers[reply] = qc.ConfirmWaiter(name, f)
@@ -602,7 +607,7 @@ class Client(CoreView):
     def _q_request(self, subject: str, payload: bytes, timeout: float) -> Msg:
         """One request on the queue inbox (known cluster-wide, unlike a request lane's inbox)."""
         f: concurrent.futures.Future = concurrent.futures.Future()
-        reply = self._q_reply_name()
+        reply = self._q_reply_name(self._core.owner(subject))
         self._q_handlers[reply] = lambda msg: f.done() or f.set_result(msg) or True
         self.publish(subject, payload, reply=reply)
         try:
@@ -723,7 +728,7 @@ class Consumer(qc.ConsumerCore):
                 return True
             return False
 
-        reply = c._q_reply_name()
+        reply = c._q_reply_name(c._core.owner(self.subject))   # the home answers: a name it owns
         c._q_handlers[reply] = feed
         c.publish(self.subject, payload, reply=reply)
         if not got.wait(expires + 2.0):
