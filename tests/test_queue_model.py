@@ -460,3 +460,54 @@ def test_client_reply_names_are_owned_by_the_worker_that_answers():
             r = core.inbox_owned_by(k)
             assert shard_of(r, n) == k and r.startswith(core.inbox_prefix)
     assert len({core.inbox_owned_by(0) for _ in range(50)}) == 50      # fresh each time
+
+
+def test_confirm_future_behaves_as_a_concurrent_future():
+    """ConfirmFuture (the sync client's publish_future result) makes its Condition lazily: set before
+    or after a waiter, from another thread, with exceptions, callbacks, wait() and as_completed()."""
+    import concurrent.futures as cf
+    import threading
+    import time as _time
+    from tscale.client import ConfirmFuture
+    f = ConfirmFuture()
+    assert isinstance(f, cf.Future) and not f.done()
+    f.set_result(1)                                  # before anyone waits: no Condition made
+    assert f.done() and f.result(0) == 1 and f._cond is None
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(2)
+    f = ConfirmFuture()
+    with pytest.raises(cf.TimeoutError):
+        f.result(0.01)
+    threading.Timer(0.05, f.set_result, (3,)).start()   # a waiter first, then the result
+    assert f.result(5) == 3
+    f = ConfirmFuture()
+    threading.Timer(0.05, f.set_exception, (ValueError("x"),)).start()
+    with pytest.raises(ValueError):
+        f.result(5)
+    f = ConfirmFuture()
+    f.set_exception(KeyError("k"))
+    assert isinstance(f.exception(0), KeyError)
+    with pytest.raises(KeyError):
+        f.result(0)
+    seen = []
+    f = ConfirmFuture()
+    f.add_done_callback(lambda x: seen.append(x.result()))
+    f.set_result(4)
+    assert seen == [4]
+    fs = [ConfirmFuture() for _ in range(20)]
+    for i, x in enumerate(fs[:10]):
+        x.set_result(i)
+    threading.Timer(0.05, lambda: [x.set_result(i) for i, x in enumerate(fs[10:])]).start()
+    done, not_done = cf.wait(fs, timeout=5)
+    assert len(done) == 20 and not not_done
+    assert sorted(x.result() for x in cf.as_completed(fs, timeout=5)) == sorted(list(range(10)) * 2)
+    # racing a setter against a waiter many times: a waiter never misses its result
+    for _ in range(300):
+        f = ConfirmFuture()
+        t = threading.Thread(target=f.set_result, args=(7,))
+        t.start()
+        assert f.result(5) == 7
+        t.join()
+    c = ConfirmFuture()
+    assert c.cancel() and c.cancelled()
+    _time.sleep(0)

@@ -41,6 +41,69 @@ def default_server() -> str:
     return os.environ.get("TSCALE_SERVER") or "127.0.0.1:7400"
 
 
+_cf = concurrent.futures._base
+_DONE_STATES = frozenset({_cf.CANCELLED, _cf.CANCELLED_AND_NOTIFIED, _cf.FINISHED})
+_cond_lock = threading.Lock()   # makes a ConfirmFuture's Condition appear atomically w.r.t. its fast paths
+
+
+class ConfirmFuture(concurrent.futures.Future):
+    """The future of a publish with confirm: a `concurrent.futures.Future` (isinstance, wait() and
+    as_completed() work) whose Condition is made only when something waits on it, registers a
+    callback or cancels it.  A confirm that arrives before its future is waited for (most of a
+    pipelined window) then costs no Condition at all: creating one and notifying it was about half
+    of the client's CPU per pipelined confirmed publish (9.5 us of a Future's life, 21 us per event).
+
+    Correctness: the Condition is created under `_cond_lock`, and set_result/set_exception check for
+    it and finish under the same lock; so either they finish before it exists (a waiter made later
+    finds the state FINISHED under it) or they take the ordinary path that notifies it."""
+
+    def __init__(self):   # noqa: super().__init__ would make the Condition
+        self._cond = None
+        self._state = _cf.PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks = []
+
+    @property
+    def _condition(self):
+        c = self._cond
+        if c is None:
+            with _cond_lock:
+                c = self._cond
+                if c is None:
+                    c = self._cond = threading.Condition()
+        return c
+
+    def done(self):
+        return self._state in _DONE_STATES
+
+    def result(self, timeout=None):
+        if self._state == _cf.FINISHED and self._exception is None:
+            return self._result
+        return super().result(timeout)
+
+    def _finish_fast(self, result, exception) -> bool:
+        with _cond_lock:
+            if self._cond is not None:
+                return False
+            state = self._state
+            if state not in _DONE_STATES:
+                self._result = result
+                self._exception = exception
+                self._state = _cf.FINISHED
+                return True
+        raise concurrent.futures.InvalidStateError(f"{state}: {self!r}")   # (repr takes the Condition)
+
+    def set_result(self, result):
+        if not self._finish_fast(result, None):
+            super().set_result(result)
+
+    def set_exception(self, exception):
+        if not self._finish_fast(None, exception):
+            super().set_exception(exception)
+
+
 class _Waiter:
     __slots__ = ("event", "value", "error", "worker")
 
@@ -598,7 +661,7 @@ class Client(CoreView):
         reply = self._q_reply_name()
         batches = self._q_batches
         h = qc.confirm_headers(headers, msg_id, batches[self._core.owner(name) % len(batches)])
-        f: concurrent.futures.Future = concurrent.futures.Future()
+        f = ConfirmFuture()
         f.reply = reply
         self._q_handlers[reply] = qc.ConfirmWaiter(name, f)
         self.publish(name, data, headers=h, reply=reply)
