@@ -284,14 +284,23 @@ class SqliteStore:
         want = sorted(seqs)
         runs: dict = {}              # first seq -> unpacked events, for the runs these sequences are in
         missing = []
+        where = []                   # (seq, first seq of its run) for the sequences that are in one
+        lo = hi = 0                  # the run of the previous sequence: [lo, hi)
+        start = None
+        find, lengths = segs.find, segs.runs
         for seq in want:
-            start = segs.find(seq)
-            if start is None or start in runs:
-                continue
-            hit = self.cache.get((qid, start))
-            runs[start] = hit
-            if hit is None:
-                missing.append(start)
+            if not lo <= seq < hi:   # sorted sequences: a run is looked up once, not per sequence
+                start = find(seq)
+                if start is None:
+                    lo = hi = 0
+                    continue
+                lo, hi = start, start + lengths[start][0]
+                if start not in runs:
+                    hit = self.cache.get((qid, start))
+                    runs[start] = hit
+                    if hit is None:
+                        missing.append(start)
+            where.append((seq, start))
         if missing:
             table = _seg_table(qid)
             lo, hi = missing[0], missing[-1]
@@ -311,9 +320,8 @@ class SqliteStore:
                     cache[(qid, start)] = events
             while len(cache) > 8:            # keep the few runs read last (a consumer reads on from them)
                 del cache[next(iter(cache))]
-        for seq in want:
-            start = segs.find(seq)
-            if start is None or seq in gone:
+        for seq, start in where:
+            if seq in gone:
                 continue
             events = runs.get(start)
             if events is None or seq - start >= len(events):
