@@ -511,3 +511,56 @@ def test_confirm_future_behaves_as_a_concurrent_future():
     c = ConfirmFuture()
     assert c.cancel() and c.cancelled()
     _time.sleep(0)
+
+
+def test_store_purge_keeps_events_appended_after_it_in_the_same_pass(tmp_path):
+    """A pass can store events after a purge request (the API's sink ran first): the purge, written
+    at the end of the pass, deletes only what was stored before it, as the model did."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    q = Queue(cfg())
+    qid = store.add_queue(q.cfg.to_dict())
+    store.commit()
+
+    def append(n):
+        rows = []
+        for _ in range(n):
+            seq, _dup = q.append(0.0, 1)
+            rows.append((qid, seq, 0.0, "q.x", b"p", None, None))
+        store.append(rows)
+    append(3)
+    store.commit()
+    append(2)            # the same pass: events, the purge, more events
+    assert q.purge() == 5
+    append(2)
+    changes, groups = q.take_changes()
+    store.apply(qid, q.last_seq, changes, groups)
+    store.commit()
+    assert sorted(store.read(qid, list(range(1, 10)))) == [6, 7] == list(q.msgs)
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _config, last_seq, msgs, _gs)] = list(store.load())
+    assert [m[0] for m in msgs] == [6, 7] and last_seq == 7
+    store.close()
+
+
+def test_store_purge_up_to_a_sequence_inside_a_run(tmp_path):
+    """("purge", n) inside a run (not written so by the worker, but the store allows it): the run's
+    head is marked gone, its tail stays; whole runs before it go with their gone rows."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    qid = store.add_queue(cfg().to_dict())
+    store.append([(qid, s, 0.0, "q.x", bytes([s]), None, None) for s in range(1, 4)])
+    store.append([(qid, s, 0.0, "q.x", bytes([s]), None, None) for s in range(4, 10)])
+    store.commit()
+    store.apply(qid, None, [("del", 2)], [])
+    store.apply(qid, None, [("purge", 6)], [])
+    store.commit()
+    assert sorted(store.read(qid, list(range(1, 12)))) == [7, 8, 9]
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _c, _l, msgs, _g)] = list(store.load())
+    assert [m[0] for m in msgs] == [7, 8, 9]
+    assert store.db.execute("SELECT seq FROM gone").fetchall() == [(4,), (5,), (6,)]
+    assert store.db.execute(f"SELECT seq, n FROM s{qid}").fetchall() == [(4, 6)]
+    store.close()

@@ -412,6 +412,36 @@ class SqliteStore:
             segs.add(first, j - i, j - i)
             i = j
 
+    def _purge(self, qid: int, upto: int | None) -> None:
+        db = self.db
+        segs = self.segs.get(qid)
+        if upto is None or segs is None:
+            db.execute(f"DELETE FROM {_seg_table(qid)}")
+            for table in ("pending", "done", "gone"):
+                db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
+            self.segs[qid] = _Segments()
+            self.gone[qid] = set()
+            self._uncache(qid)
+            return
+        for table in ("pending", "done"):
+            db.execute(f"DELETE FROM {table} WHERE qid=? AND seq<=?", (qid, upto))
+        i = bisect.bisect_right(segs.starts, upto)
+        whole = [a for a in segs.starts[:i] if a + segs.runs[a][0] - 1 <= upto]
+        if i and segs.starts[i - 1] not in whole[-1:]:    # a run across upto (not written so): its head
+            a = segs.starts[i - 1]
+            self._delete_events(qid, [s for s in range(a, upto + 1) if s not in self.gone.get(qid, ())])
+        if whole:
+            db.execute(f"DELETE FROM {_seg_table(qid)} WHERE seq<=?", (whole[-1],))
+            db.execute("DELETE FROM gone WHERE qid=? AND seq<?", (qid, whole[-1] + segs.runs[whole[-1]][0]))
+            gone = self.gone.get(qid)
+            end = whole[-1] + segs.runs[whole[-1]][0]
+            if gone:
+                self.gone[qid] = {s for s in gone if s >= end}
+            for a in whole:
+                del segs.runs[a]
+                self.cache.pop((qid, a), None)
+            del segs.starts[:len(whole)]
+
     def _uncache(self, qid: int) -> None:
         for k in [k for k in self.cache if k[0] == qid]:
             del self.cache[k]
@@ -470,12 +500,10 @@ class SqliteStore:
                     if done_rows.get((qid, g), 0) < seq:
                         done_rows[(qid, g)] = seq
             elif kind == "purge":
-                db.execute(f"DELETE FROM {_seg_table(qid)}")
-                for table in ("pending", "done", "gone"):
-                    db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
-                self.segs[qid] = _Segments()
-                self.gone[qid] = set()
-                self._uncache(qid)
+                # ("purge", last_seq): every event stored up to last_seq goes; events the pass stored
+                # after the purge (their rows are already written) stay.  ("purge",): everything.
+                upto = c[1] if len(c) > 1 else None
+                self._purge(qid, upto)
                 dels, pend, unpend, done = [], [], [], []
                 self.once = once = {k for k in once if k[0] != qid}
                 for k in [k for k in done_rows if k[0] == qid]:
