@@ -340,7 +340,7 @@ def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
     store.commit()
     assert store.unsynced_since is not None
     other = sqlite3.connect(path)
-    assert other.execute(f"SELECT count(*) FROM m{qid}").fetchone()[0] == 1
+    assert other.execute(f"SELECT sum(n) FROM s{qid}").fetchone()[0] == 1
     other.close()
     store.sync_wal()
     assert store.unsynced_since is None
@@ -354,4 +354,213 @@ def test_store_commit_without_sync_is_kept_and_synced_later(tmp_path):
     store.append([(qid, 4, 0.0, "q.x", b"p", None, None)])
     assert level() == 2                          # a new transaction for an "always" write: FULL again
     store.commit()
+    store.close()
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.integers(1, 300), min_size=1, max_size=6), st.sets(st.integers(1, 600)),
+       st.integers(1, 3000), st.booleans())
+def test_store_runs_keep_every_event_and_forget_deleted_ones(tmp_path_factory, writes, dels, size, reopen_between):
+    """Events written in runs (one row per run of consecutive sequences, split at SEGMENT_EVENTS and
+    SEGMENT_BYTES): each reads back as written; deleted ones are neither read nor loaded, and a run
+    whose every event is deleted leaves no row (nor `gone` rows) behind."""
+    from tscale.queues import store as store_mod
+    path = str(tmp_path_factory.mktemp("db") / "w0.db")
+    store = SqliteStore(path)
+    qid = store.add_queue(cfg().to_dict())
+    store.commit()
+    seq, want = 0, {}
+    for n in writes:
+        rows = []
+        for _ in range(n):
+            seq += 1
+            meta = [{"h": str(seq)}, None] if seq % 3 == 0 else None
+            rows.append((qid, seq, float(seq), f"q.{seq}", bytes([seq % 256]) * (size if seq % 7 == 0 else 5),
+                         meta, f"id{seq}" if seq % 2 else None))
+            want[seq] = rows[-1]
+        store.append(rows)
+        store.commit()
+    dels = sorted(d for d in dels if d in want)
+    half = len(dels) // 2
+    for part in (dels[:half], dels[half:]):
+        store.apply(qid, None, [("del", s) for s in part], [])
+        store.commit()
+        for s in part:
+            del want[s]
+        if reopen_between:
+            store.close()
+            store = SqliteStore(path)
+            list(store.load())
+    got = store.read(qid, list(range(1, seq + 2)))
+    assert got == {s: (r[3], r[4], r[5], r[2]) for s, r in want.items()}
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _config, _last, msgs, _gs)] = list(store.load())
+    assert msgs == [(s, r[2], len(r[4]), r[6]) for s, r in sorted(want.items())]
+    assert store.read(qid, sorted(want)[:50]) == {s: (r[3], r[4], r[5], r[2]) for s, r in sorted(want.items())[:50]}
+    rows = store.db.execute(f"SELECT seq, n FROM s{qid}").fetchall()
+    assert all(1 <= n <= store_mod.SEGMENT_EVENTS for _, n in rows)
+    assert all(any(a <= s < a + n for s in want) for a, n in rows)    # no run without a stored event
+    gone = [s for (s,) in store.db.execute("SELECT seq FROM gone WHERE qid=?", (qid,))]
+    assert not set(gone) & set(want) and all(any(a <= s < a + n for a, n in rows) for s in gone)
+    store.close()
+
+
+def test_store_migrates_a_schema_3_file_to_runs(tmp_path):
+    """Schema 3 (a row per event in m<qid>) opens as runs: same events, same metas, in rows of
+    consecutive sequences; the old table is gone."""
+    path = str(tmp_path / "w0.db")
+    db = sqlite3.connect(path, isolation_level=None)
+    db.executescript("""
+        PRAGMA journal_mode=WAL;
+        CREATE TABLE queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
+                             last_seq INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE groups (qid INTEGER NOT NULL, name TEXT NOT NULL, cursor INTEGER NOT NULL,
+                             counters BLOB NOT NULL, floor INTEGER, PRIMARY KEY (qid, name)) WITHOUT ROWID;
+        CREATE TABLE pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                              deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+        CREATE TABLE done (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
+                           PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+        CREATE TABLE m1 (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, name TEXT NOT NULL, payload BLOB NOT NULL,
+                         meta BLOB, msg_id TEXT);
+        PRAGMA user_version=3;
+    """)
+    db.execute("INSERT INTO queues VALUES (1, 'q', ?, 300)", (msgpack.packb(cfg().to_dict()),))
+    stored = [s for s in range(1, 301) if s not in (5, 6, 200)]
+    for s in stored:
+        db.execute("INSERT INTO m1 VALUES (?, ?, ?, ?, ?, ?)",
+                   (s, float(s), f"q.{s}", b"x" * s, msgpack.packb([{"k": "v"}, None]) if s == 7 else None,
+                    "m" if s == 8 else None))
+    db.close()
+    store = SqliteStore(path)
+    [(qid, _config, last_seq, msgs, _gs)] = list(store.load())
+    assert last_seq == 300 and [m[0] for m in msgs] == stored
+    assert msgs[5] == (8, 8.0, 8, "m")
+    got = store.read(qid, stored)
+    assert got[7] == ("q.7", b"x" * 7, [{"k": "v"}, None], 7.0) and got[300] == ("q.300", b"x" * 300, None, 300.0)
+    assert len(got) == len(stored)
+    tables = {t for (t,) in store.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "m1" not in tables and "s1" in tables
+    assert store.db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+    store.close()
+
+
+def test_client_reply_names_are_owned_by_the_worker_that_answers():
+    """Batch names (one per worker) and reply names for a given worker are owned by that worker, so
+    a home's confirms and fetch answers reach the client without a worker-to-worker hop."""
+    from tscale.client_core import ClientCore
+    from tscale.sharding import shard_of
+    core = ClientCore()
+    for n in (1, 2, 3, 8):
+        core.workers = n
+        names = core.confirm_batch_names()
+        assert [shard_of(b, n) for b in names] == list(range(n))
+        assert all(b.startswith(core.inbox_prefix) and "." not in b[len(core.inbox_prefix):] for b in names)
+        for k in range(n):
+            r = core.inbox_owned_by(k)
+            assert shard_of(r, n) == k and r.startswith(core.inbox_prefix)
+    assert len({core.inbox_owned_by(0) for _ in range(50)}) == 50      # fresh each time
+
+
+def test_confirm_future_behaves_as_a_concurrent_future():
+    """ConfirmFuture (the sync client's publish_future result) makes its Condition lazily: set before
+    or after a waiter, from another thread, with exceptions, callbacks, wait() and as_completed()."""
+    import concurrent.futures as cf
+    import threading
+    import time as _time
+    from tscale.client import ConfirmFuture
+    f = ConfirmFuture()
+    assert isinstance(f, cf.Future) and not f.done()
+    f.set_result(1)                                  # before anyone waits: no Condition made
+    assert f.done() and f.result(0) == 1 and f._cond is None
+    with pytest.raises(cf.InvalidStateError):
+        f.set_result(2)
+    f = ConfirmFuture()
+    with pytest.raises(cf.TimeoutError):
+        f.result(0.01)
+    threading.Timer(0.05, f.set_result, (3,)).start()   # a waiter first, then the result
+    assert f.result(5) == 3
+    f = ConfirmFuture()
+    threading.Timer(0.05, f.set_exception, (ValueError("x"),)).start()
+    with pytest.raises(ValueError):
+        f.result(5)
+    f = ConfirmFuture()
+    f.set_exception(KeyError("k"))
+    assert isinstance(f.exception(0), KeyError)
+    with pytest.raises(KeyError):
+        f.result(0)
+    seen = []
+    f = ConfirmFuture()
+    f.add_done_callback(lambda x: seen.append(x.result()))
+    f.set_result(4)
+    assert seen == [4]
+    fs = [ConfirmFuture() for _ in range(20)]
+    for i, x in enumerate(fs[:10]):
+        x.set_result(i)
+    threading.Timer(0.05, lambda: [x.set_result(i) for i, x in enumerate(fs[10:])]).start()
+    done, not_done = cf.wait(fs, timeout=5)
+    assert len(done) == 20 and not not_done
+    assert sorted(x.result() for x in cf.as_completed(fs, timeout=5)) == sorted(list(range(10)) * 2)
+    # racing a setter against a waiter many times: a waiter never misses its result
+    for _ in range(300):
+        f = ConfirmFuture()
+        t = threading.Thread(target=f.set_result, args=(7,))
+        t.start()
+        assert f.result(5) == 7
+        t.join()
+    c = ConfirmFuture()
+    assert c.cancel() and c.cancelled()
+    _time.sleep(0)
+
+
+def test_store_purge_keeps_events_appended_after_it_in_the_same_pass(tmp_path):
+    """A pass can store events after a purge request (the API's sink ran first): the purge, written
+    at the end of the pass, deletes only what was stored before it, as the model did."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    q = Queue(cfg())
+    qid = store.add_queue(q.cfg.to_dict())
+    store.commit()
+
+    def append(n):
+        rows = []
+        for _ in range(n):
+            seq, _dup = q.append(0.0, 1)
+            rows.append((qid, seq, 0.0, "q.x", b"p", None, None))
+        store.append(rows)
+    append(3)
+    store.commit()
+    append(2)            # the same pass: events, the purge, more events
+    assert q.purge() == 5
+    append(2)
+    changes, groups = q.take_changes()
+    store.apply(qid, q.last_seq, changes, groups)
+    store.commit()
+    assert sorted(store.read(qid, list(range(1, 10)))) == [6, 7] == list(q.msgs)
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _config, last_seq, msgs, _gs)] = list(store.load())
+    assert [m[0] for m in msgs] == [6, 7] and last_seq == 7
+    store.close()
+
+
+def test_store_purge_up_to_a_sequence_inside_a_run(tmp_path):
+    """("purge", n) inside a run (not written so by the worker, but the store allows it): the run's
+    head is marked gone, its tail stays; whole runs before it go with their gone rows."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    qid = store.add_queue(cfg().to_dict())
+    store.append([(qid, s, 0.0, "q.x", bytes([s]), None, None) for s in range(1, 4)])
+    store.append([(qid, s, 0.0, "q.x", bytes([s]), None, None) for s in range(4, 10)])
+    store.commit()
+    store.apply(qid, None, [("del", 2)], [])
+    store.apply(qid, None, [("purge", 6)], [])
+    store.commit()
+    assert sorted(store.read(qid, list(range(1, 12)))) == [7, 8, 9]
+    store.close()
+    store = SqliteStore(path)
+    [(_qid, _c, _l, msgs, _g)] = list(store.load())
+    assert [m[0] for m in msgs] == [7, 8, 9]
+    assert store.db.execute("SELECT seq FROM gone").fetchall() == [(4,), (5,), (6,)]
+    assert store.db.execute(f"SELECT seq, n FROM s{qid}").fetchall() == [(4, 6)]
     store.close()

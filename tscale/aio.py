@@ -396,21 +396,26 @@ class Client(CoreView):
             f.set_result(msg)
 
     # -- durable queues (docs/QUEUES.md) ------------------------------------------------
-    async def _q_reply_name(self) -> str:
+    async def _q_reply_name(self, owner: int | None = None) -> str:
+        """A fresh reply name on the queue inbox; with `owner`, one that worker owns (see inbox_owned_by)."""
         if self._inbox_sub is None:
             # confirm="cluster": a queue's home on another node must know the inbox before it answers
-            self._q_batch = self._core.inbox_prefix + "c"      # where homes send batches of confirms
-            self._q_handlers[self._q_batch] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
+            self._q_batches = self._core.confirm_batch_names()   # where homes send batches of confirms
+            for b in self._q_batches:
+                self._q_handlers[b] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
             self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply,
                                                    confirm="cluster")
-        return self._core.inbox()
+        if owner is None:
+            return self._core.inbox()
+        return self._core.inbox_owned_by(owner)
 
     async def publish_future(self, name: str, data=b"", headers: dict | None = None,
                              msg_id: str | None = None) -> asyncio.Future:
         """Publish with confirm; the returned future resolves to the PubAck (`.reply` is its reply name)."""
         self._check_open()
         reply = await self._q_reply_name()
-        h = qc.confirm_headers(headers, msg_id, self._q_batch)
+        batches = self._q_batches
+        h = qc.confirm_headers(headers, msg_id, batches[self._core.owner(name) % len(batches)])
         f = asyncio.get_running_loop().create_future()
         f.reply = reply
         self._q_handlers[reply] = qc.ConfirmWaiter(name, f)
@@ -420,7 +425,7 @@ class Client(CoreView):
     async def _q_request(self, subject: str, payload: bytes, timeout: float) -> Msg:
         """One request on the queue inbox (subscribed cluster-wide)."""
         f = asyncio.get_running_loop().create_future()
-        reply = await self._q_reply_name()
+        reply = await self._q_reply_name(self._core.owner(subject))
         self._q_handlers[reply] = lambda msg: f.done() or f.set_result(msg) or True
         try:
             await self.publish(subject, payload, reply=reply)
@@ -530,7 +535,7 @@ class Consumer(qc.ConsumerCore):
                 return True
             return False
 
-        reply = await c._q_reply_name()
+        reply = await c._q_reply_name(c._core.owner(self.subject))   # the home answers: a name it owns
         c._q_handlers[reply] = feed
         await c.publish(self.subject, payload, reply=reply)
         try:

@@ -299,6 +299,31 @@ class ClientCore:
     def inbox(self) -> str:
         return self.inbox_prefix + str(next(self._reqs))
 
+    def inbox_owned_by(self, k: int) -> str:
+        """A fresh inbox name that worker k owns.  A reply is routed by the owner of its name: a reply
+        name owned by the worker that answers (a queue's home) reaches this client from that worker,
+        without a hop over the in-host bus to another worker first."""
+        for _ in range(64 * self.workers):
+            name = self.inbox_prefix + str(next(self._reqs))
+            if crc32(name.encode()) % self.workers == k:
+                return name
+        return name
+
+    def confirm_batch_names(self) -> list[str]:
+        """One name per worker, `<inbox prefix>c<n>`, owned by that worker: publishes with confirm name
+        the one of the worker they are sent to (their name's owner), where a queue homed on that
+        worker gathers their confirms, so a pass's batch of confirms is delivered by the worker that
+        made it."""
+        out: list = [None] * self.workers
+        n = 0
+        while None in out and n < 100_000:
+            name = self.inbox_prefix + "c" + str(n)
+            k = crc32(name.encode()) % self.workers
+            if out[k] is None:
+                out[k] = name
+            n += 1
+        return out
+
     def control(self, cmd: list, waiters: dict):
         """Handle a frame other than MSG, the same way for both clients.
 

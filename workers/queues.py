@@ -229,7 +229,7 @@ class QueueShell:
             if not dup:
                 if reply is not None:
                     meta = api.stored_meta(meta)    # the reply name and the confirm headers were for us
-                rows.append((qid, seq, now, name, payload, None if meta is None else _pack(meta), msg_id))
+                rows.append((qid, seq, now, name, payload, meta, msg_id))
             if reply is not None:
                 self._confirm(reply, batch, [reply, qname, seq, dup], None)
         qs.touched = True

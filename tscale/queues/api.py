@@ -147,7 +147,17 @@ def confirm_wanted(meta) -> tuple[str | None, str | None, str | None]:
     c = h.get(H_CONFIRM)
     if c is None:
         return None, None, msg_id
-    return meta[1], (c if c != "1" and name_error_event(c) is None else None), msg_id
+    if c == "1" or type(c) is not str:
+        return meta[1], None, msg_id
+    ok = _batch_names.get(c)
+    if ok is None:          # a client's batch name repeats on every one of its publishes: checked once
+        if len(_batch_names) >= 4096:
+            _batch_names.clear()
+        ok = _batch_names[c] = name_error_event(c) is None
+    return meta[1], (c if ok else None), msg_id
+
+
+_batch_names: dict = {}     # Tscale-Confirm values seen -> whether they are a valid event name
 
 
 def stored_meta(meta):

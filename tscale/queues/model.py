@@ -312,7 +312,7 @@ class Queue:
         self.msgs.clear()
         self.bytes = 0
         self._head = self.last_seq + 1
-        self.changes.append(("purge",))
+        self.changes.append(("purge", self.last_seq))   # what is stored up to now: later appends stay
         for g in self.groups.values():
             g.pending.clear()
             g.timers.clear()

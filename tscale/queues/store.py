@@ -15,15 +15,18 @@ segment log, for instance): the worker's shell only calls the methods below.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import sqlite3
 import time
 
 import msgpack
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 WAL_CHECKPOINT_PAGES = 256
 WAL_LIMIT = 1 << 20
+SEGMENT_EVENTS = 128          # events per segment row at most
+SEGMENT_BYTES = 32 * 1024     # payload bytes per segment row at most (a larger event goes alone)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS queues (qid INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL, config BLOB NOT NULL,
@@ -34,6 +37,7 @@ CREATE TABLE IF NOT EXISTS pending (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq
                                     deliveries INTEGER NOT NULL, PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS done (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL,
                                  PRIMARY KEY (qid, grp, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS gone (qid INTEGER NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (qid, seq)) WITHOUT ROWID;
 """
 # A group's unacked deliveries, without a row per delivery (schema 2):
 #   groups.floor   every delivered sequence below it is finished (NULL: the cursor, as schema 1 wrote)
@@ -46,18 +50,38 @@ CREATE TABLE IF NOT EXISTS done (qid INTEGER NOT NULL, grp TEXT NOT NULL, seq IN
 # only grow, so sqlite appends at the right edge of the b-tree and packs its pages full; the
 # key is stored once (as the rowid) instead of twice.  Schema 1-2 kept every queue in one
 # `msgs` table keyed (qid, seq) WITHOUT ROWID: 187 bytes per 128-byte event after a checkpoint
-# (pages about 85 % full) against 159 now.
+# (pages about 85 % full) against 159 with schema 3.
+#
+# Segments (schema 4): a queue's table `s<qid>` holds one row per run of consecutive events written
+# together (one write of a pass, up to SEGMENT_EVENTS events or SEGMENT_BYTES of payload): `seq` is
+# the run's first sequence, `n` its length, `data` a msgpack array of n `[ts, name, payload, meta,
+# msg_id]` (meta: the stored [headers, nil] or nil).  sqlite's cost is per row (6-7 us per INSERT
+# here, about 1 us per event in a row of 100), so a pass of many events costs one INSERT.  Rows are
+# never rewritten: an event deleted (acked on a work queue, discarded by limits or age) while others
+# of its run are still stored gets a row in `gone`; the run's row and its `gone` rows are deleted
+# together once every event of it is gone.
 _MIGRATE = {
     2: ["ALTER TABLE groups ADD COLUMN floor INTEGER"],
     3: ["-- msgs -> m<qid>"],
+    4: ["-- m<qid> -> s<qid>"],
 }
 
 
 def _msgs_table(qid: int) -> str:
+    """The table of schema 3 (a row per event); only migrations read it."""
     return f"m{int(qid)}"
 
 
+def _seg_table(qid: int) -> str:
+    return f"s{int(qid)}"
+
+
 def _create_msgs(db, qid: int) -> None:
+    db.execute(f"CREATE TABLE IF NOT EXISTS {_seg_table(qid)} (seq INTEGER PRIMARY KEY, n INTEGER NOT NULL, "
+               "data BLOB NOT NULL)")
+
+
+def _create_msgs_3(db, qid: int) -> None:
     db.execute(f"CREATE TABLE IF NOT EXISTS {_msgs_table(qid)} (seq INTEGER PRIMARY KEY, ts REAL NOT NULL, "
                "name TEXT NOT NULL, payload BLOB NOT NULL, meta BLOB, msg_id TEXT)")
 
@@ -65,10 +89,76 @@ def _create_msgs(db, qid: int) -> None:
 def _migrate_3(db) -> None:
     """One `msgs` table for all queues -> one rowid table per queue."""
     for (qid,) in db.execute("SELECT qid FROM queues").fetchall():
-        _create_msgs(db, qid)
+        _create_msgs_3(db, qid)
         db.execute(f"INSERT INTO {_msgs_table(qid)} SELECT seq, ts, name, payload, meta, msg_id FROM msgs "
                    "WHERE qid=? ORDER BY seq", (qid,))
     db.execute("DROP TABLE msgs")
+
+
+def _migrate_4(db) -> None:
+    """A row per event (`m<qid>`) -> runs of consecutive events per row (`s<qid>`)."""
+    for (qid,) in db.execute("SELECT qid FROM queues").fetchall():
+        _create_msgs_3(db, qid)
+        _create_msgs(db, qid)
+        run: list = []
+        size = 0
+        for seq, ts, name, payload, meta, msg_id in db.execute(
+                f"SELECT seq, ts, name, payload, meta, msg_id FROM {_msgs_table(qid)} ORDER BY seq").fetchall():
+            if run and (seq != run[0][0] + len(run) or len(run) >= SEGMENT_EVENTS
+                        or size + len(payload) > SEGMENT_BYTES):
+                _insert_run(db, qid, run)
+                run, size = [], 0
+            run.append((seq, ts, name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), msg_id))
+            size += len(payload)
+        if run:
+            _insert_run(db, qid, run)
+        db.execute(f"DROP TABLE {_msgs_table(qid)}")
+
+
+def _insert_run(db, qid: int, run: list) -> None:
+    """run: [(seq, ts, name, payload, meta, msg_id)] of consecutive sequences."""
+    db.execute(f"INSERT OR REPLACE INTO {_seg_table(qid)} VALUES (?,?,?)",
+               (run[0][0], len(run), _pack([r[1:] for r in run])))
+
+
+_pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+
+
+class _Segments:
+    """The runs of one queue in memory: first seqs in order, and per run [length, events still stored]."""
+
+    __slots__ = ("starts", "runs")
+
+    def __init__(self):
+        self.starts: list = []
+        self.runs: dict = {}
+
+    def add(self, start: int, n: int, live: int) -> None:
+        if start in self.runs:
+            self.runs[start] = [n, live]
+            return
+        if not self.starts or start > self.starts[-1]:
+            self.starts.append(start)
+        else:
+            bisect.insort(self.starts, start)
+        self.runs[start] = [n, live]
+
+    def find(self, seq: int) -> int | None:
+        """The first seq of the run holding `seq`, or None."""
+        i = bisect.bisect_right(self.starts, seq) - 1
+        if i < 0:
+            return None
+        start = self.starts[i]
+        return start if seq < start + self.runs[start][0] else None
+
+    def remove(self, start: int) -> None:
+        del self.runs[start]
+        i = bisect.bisect_left(self.starts, start)
+        del self.starts[i]
+
+
+def db_rows(db, sql: str, args) -> list:
+    return db.execute(sql, args).fetchall()
 
 
 class StoreRefused(Exception):
@@ -112,6 +202,9 @@ class SqliteStore:
                     if v == 3:
                         _migrate_3(db)
                         continue
+                    if v == 4:
+                        _migrate_4(db)
+                        continue
                     for stmt in _MIGRATE.get(v, ()):
                         db.execute(stmt)
             for stmt in _SCHEMA.strip().split(";"):
@@ -130,16 +223,34 @@ class SqliteStore:
         self.txn_sync = True          # the open transaction must be durable before the pass's replies
         self.once: set = set()        # (qid, group, seq) of rows with deliveries 1 (schema 1 wrote them)
         self.done_rows: dict = {}     # (qid, group) -> the highest seq with a `done` row, if any
+        self.segs: dict = {}          # qid -> _Segments (filled by load, kept by append and apply)
+        self.gone: dict = {}          # qid -> the seqs with a `gone` row
+        self.cache: dict = {}         # (qid, first seq) -> the unpacked events of a run read lately
 
     # -- reading --------------------------------------------------------------
     def load(self):
         """Every queue: yields (qid, config dict, last_seq, msgs [(seq, ts, size, msg_id)],
         groups [(name, cursor, counters, [(seq, deliveries)])])."""
         db = self.db
-        for qid, name, config, last_seq in db.execute("SELECT qid, name, config, last_seq FROM queues ORDER BY qid"):
-            _create_msgs(db, qid)   # (a queue added by schema 3 has it; this keeps load read-only otherwise)
-            msgs = db.execute(f"SELECT seq, ts, length(payload), msg_id FROM {_msgs_table(qid)} ORDER BY seq"
-                              ).fetchall()
+        self.segs = {}
+        self.gone = {}
+        self.cache.clear()
+        for qid, name, config, last_seq in db.execute("SELECT qid, name, config, last_seq FROM queues ORDER BY qid"
+                                                      ).fetchall():
+            _create_msgs(db, qid)   # (a queue added by schema 4 has it; this keeps load read-only otherwise)
+            gone = {s for (s,) in db.execute("SELECT seq FROM gone WHERE qid=?", (qid,))}
+            segs = self.segs[qid] = _Segments()
+            self.gone[qid] = gone
+            msgs = []
+            for start, n, data in db.execute(f"SELECT seq, n, data FROM {_seg_table(qid)} ORDER BY seq"):
+                live = 0
+                for i, (ts, _name, payload, _meta, msg_id) in enumerate(msgpack.unpackb(data, raw=False)):
+                    seq = start + i
+                    if gone and seq in gone:
+                        continue
+                    msgs.append((seq, ts, len(payload), msg_id))
+                    live += 1
+                segs.add(start, n, live)
             groups = []
             stored = None
             for gname, cursor, counters, floor in db.execute(
@@ -166,25 +277,57 @@ class SqliteStore:
     def read(self, qid: int, seqs: list[int]) -> dict:
         """seq -> (name, payload, meta, ts) for the sequences that exist."""
         out = {}
-        db = self.db
-        if seqs:
-            lo, hi = min(seqs), max(seqs)
-            if hi - lo < 2 * len(seqs) + 16:
-                # a fetch's deliveries are mostly consecutive: one range scan of the primary key
-                # (rows in the range that were not asked for are dropped)
-                want = set(seqs) if hi - lo + 1 != len(seqs) else None
-                for seq, name, payload, meta, ts in db.execute(
-                        f"SELECT seq, name, payload, meta, ts FROM {_msgs_table(qid)} WHERE seq>=? AND seq<=?",
-                        (lo, hi)):
-                    if want is None or seq in want:
-                        out[seq] = (name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), ts)
-                return out
-        for k in range(0, len(seqs), 500):
-            part = seqs[k:k + 500]
-            q = (f"SELECT seq, name, payload, meta, ts FROM {_msgs_table(qid)} "
-                 f"WHERE seq IN ({','.join('?' * len(part))})")
-            for seq, name, payload, meta, ts in db.execute(q, part):
-                out[seq] = (name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), ts)
+        segs = self.segs.get(qid)
+        if not seqs or segs is None:
+            return out
+        gone = self.gone.get(qid) or ()
+        want = sorted(seqs)
+        runs: dict = {}              # first seq -> unpacked events, for the runs these sequences are in
+        missing = []
+        where = []                   # (seq, first seq of its run) for the sequences that are in one
+        lo = hi = 0                  # the run of the previous sequence: [lo, hi)
+        start = None
+        find, lengths = segs.find, segs.runs
+        for seq in want:
+            if not lo <= seq < hi:   # sorted sequences: a run is looked up once, not per sequence
+                start = find(seq)
+                if start is None:
+                    lo = hi = 0
+                    continue
+                lo, hi = start, start + lengths[start][0]
+                if start not in runs:
+                    hit = self.cache.get((qid, start))
+                    runs[start] = hit
+                    if hit is None:
+                        missing.append(start)
+            where.append((seq, start))
+        if missing:
+            table = _seg_table(qid)
+            lo, hi = missing[0], missing[-1]
+            if len(missing) > 1 and len(segs.starts) > 2 * len(missing) + 16 and \
+                    bisect.bisect_right(segs.starts, hi) - bisect.bisect_left(segs.starts, lo) > 2 * len(missing):
+                found = []
+                for k in range(0, len(missing), 500):
+                    part = missing[k:k + 500]
+                    found += db_rows(self.db, f"SELECT seq, data FROM {table} WHERE seq IN "
+                                              f"({','.join('?' * len(part))})", part)
+            else:   # a fetch's runs are mostly consecutive: one range scan of the primary key
+                found = db_rows(self.db, f"SELECT seq, data FROM {table} WHERE seq>=? AND seq<=?", (lo, hi))
+            cache = self.cache
+            for start, data in found:
+                if start in runs:
+                    events = runs[start] = msgpack.unpackb(data, raw=False)
+                    cache[(qid, start)] = events
+            while len(cache) > 8:            # keep the few runs read last (a consumer reads on from them)
+                del cache[next(iter(cache))]
+        for seq, start in where:
+            if seq in gone:
+                continue
+            events = runs.get(start)
+            if events is None or seq - start >= len(events):
+                continue
+            ts, name, payload, meta, _msg_id = events[seq - start]
+            out[seq] = (name, payload, meta, ts)
         return out
 
     def idle_checkpoint(self) -> None:
@@ -227,27 +370,111 @@ class SqliteStore:
         cur = self.db.execute("INSERT INTO queues (name, config) VALUES (?, ?)",
                               (config["name"], msgpack.packb(config)))
         _create_msgs(self.db, cur.lastrowid)
+        self.segs[cur.lastrowid] = _Segments()
+        self.gone[cur.lastrowid] = set()
         return cur.lastrowid
 
     def remove_queue(self, qid: int) -> None:
         self._begin()
-        self.db.execute(f"DROP TABLE IF EXISTS {_msgs_table(qid)}")
-        for table in ("groups", "pending", "done"):
+        self.db.execute(f"DROP TABLE IF EXISTS {_seg_table(qid)}")
+        self.segs.pop(qid, None)
+        self.gone.pop(qid, None)
+        self._uncache(qid)
+        for table in ("groups", "pending", "done", "gone"):
             self.db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
         self.db.execute("DELETE FROM queues WHERE qid=?", (qid,))
 
     def append(self, rows: list, sync: bool = True) -> None:
-        """rows of (qid, seq, ts, name, payload, meta blob|None, msg_id|None)."""
+        """rows of (qid, seq, ts, name, payload, meta|None, msg_id|None), each queue's in sequence
+        order: written as runs of consecutive sequences, one row per run (see SEGMENT_EVENTS)."""
         self._begin(sync)
         i, n = 0, len(rows)
-        while i < n:                  # runs of one queue (a pass usually stores into one)
+        db = self.db
+        while i < n:
             qid = rows[i][0]
+            segs = self.segs.get(qid)
+            if segs is None:
+                segs = self.segs[qid] = _Segments()
+                self.gone.setdefault(qid, set())
+            first = rows[i][1]
+            size = len(rows[i][4])
             j = i + 1
-            while j < n and rows[j][0] == qid:
+            while j < n and j - i < SEGMENT_EVENTS:
+                r = rows[j]
+                if r[0] != qid or r[1] != first + (j - i):
+                    break
+                size += len(r[4])
+                if size > SEGMENT_BYTES:
+                    break
                 j += 1
-            self.db.executemany(f"INSERT OR REPLACE INTO {_msgs_table(qid)} VALUES (?,?,?,?,?,?)",
-                                [r[1:] for r in rows[i:j]])
+            db.execute(f"INSERT OR REPLACE INTO {_seg_table(qid)} VALUES (?,?,?)",
+                       (first, j - i, _pack([r[2:] for r in rows[i:j]])))
+            segs.add(first, j - i, j - i)
             i = j
+
+    def _purge(self, qid: int, upto: int | None) -> None:
+        db = self.db
+        segs = self.segs.get(qid)
+        if upto is None or segs is None:
+            db.execute(f"DELETE FROM {_seg_table(qid)}")
+            for table in ("pending", "done", "gone"):
+                db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
+            self.segs[qid] = _Segments()
+            self.gone[qid] = set()
+            self._uncache(qid)
+            return
+        for table in ("pending", "done"):
+            db.execute(f"DELETE FROM {table} WHERE qid=? AND seq<=?", (qid, upto))
+        i = bisect.bisect_right(segs.starts, upto)
+        whole = [a for a in segs.starts[:i] if a + segs.runs[a][0] - 1 <= upto]
+        if i and segs.starts[i - 1] not in whole[-1:]:    # a run across upto (not written so): its head
+            a = segs.starts[i - 1]
+            self._delete_events(qid, [s for s in range(a, upto + 1) if s not in self.gone.get(qid, ())])
+        if whole:
+            db.execute(f"DELETE FROM {_seg_table(qid)} WHERE seq<=?", (whole[-1],))
+            db.execute("DELETE FROM gone WHERE qid=? AND seq<?", (qid, whole[-1] + segs.runs[whole[-1]][0]))
+            gone = self.gone.get(qid)
+            end = whole[-1] + segs.runs[whole[-1]][0]
+            if gone:
+                self.gone[qid] = {s for s in gone if s >= end}
+            for a in whole:
+                del segs.runs[a]
+                self.cache.pop((qid, a), None)
+            del segs.starts[:len(whole)]
+
+    def _uncache(self, qid: int) -> None:
+        for k in [k for k in self.cache if k[0] == qid]:
+            del self.cache[k]
+
+    def _delete_events(self, qid: int, seqs: list) -> None:
+        """Events deleted from the queue: a `gone` row each, or their run's row once all of it is gone."""
+        segs = self.segs.get(qid)
+        if segs is None:
+            return
+        gone = self.gone.setdefault(qid, set())
+        table = _seg_table(qid)
+        db = self.db
+        marks, drops = [], []
+        for seq in seqs:
+            start = segs.find(seq)
+            if start is None or seq in gone:
+                continue
+            run = segs.runs[start]
+            run[1] -= 1
+            if run[1] <= 0:
+                drops.append((start, start + run[0]))
+                segs.remove(start)
+                self.cache.pop((qid, start), None)
+                for s in range(start, start + run[0]):
+                    gone.discard(s)
+            else:
+                gone.add(seq)
+                marks.append((qid, seq))
+        if marks:
+            db.executemany("INSERT OR REPLACE INTO gone VALUES (?,?)", marks)
+        if drops:
+            db.executemany(f"DELETE FROM {table} WHERE seq=?", [(a,) for a, _ in drops])
+            db.executemany("DELETE FROM gone WHERE qid=? AND seq>=? AND seq<?", [(qid, a, b) for a, b in drops])
 
     def apply(self, qid: int, last_seq: int | None, changes: list, groups: list, sync: bool = True) -> None:
         """Persist a queue's change log (see model.Queue.changes) and its dirty groups."""
@@ -259,7 +486,7 @@ class SqliteStore:
         for c in changes:
             kind = c[0]
             if kind == "del":
-                dels.append((c[1],))
+                dels.append(c[1])
             elif kind == "pend":        # a redelivery (first deliveries are covered by the cursor)
                 pend.append((qid, c[1], c[2], c[3]))
             elif kind == "unpend":      # finished: a row only if it is above the floor written below
@@ -273,9 +500,10 @@ class SqliteStore:
                     if done_rows.get((qid, g), 0) < seq:
                         done_rows[(qid, g)] = seq
             elif kind == "purge":
-                db.execute(f"DELETE FROM {_msgs_table(qid)}")
-                for table in ("pending", "done"):
-                    db.execute(f"DELETE FROM {table} WHERE qid=?", (qid,))
+                # ("purge", last_seq): every event stored up to last_seq goes; events the pass stored
+                # after the purge (their rows are already written) stay.  ("purge",): everything.
+                upto = c[1] if len(c) > 1 else None
+                self._purge(qid, upto)
                 dels, pend, unpend, done = [], [], [], []
                 self.once = once = {k for k in once if k[0] != qid}
                 for k in [k for k in done_rows if k[0] == qid]:
@@ -288,7 +516,7 @@ class SqliteStore:
         if done:
             db.executemany("INSERT OR REPLACE INTO done VALUES (?,?,?)", done)
         if dels:
-            db.executemany(f"DELETE FROM {_msgs_table(qid)} WHERE seq=?", dels)
+            self._delete_events(qid, dels)
         if groups:
             for n, _cur, _cnt, f in groups:   # done rows the floor has passed are implied now
                 hi = done_rows.get((qid, n))
@@ -340,6 +568,9 @@ class SqliteStore:
         self.unsynced_since = None
 
     def rollback(self) -> None:
+        """Roll back the open transaction.  The runs in memory may then describe rows that are gone:
+        the caller reloads (load) before using the store again."""
+        self.cache.clear()
         try:
             self.db.execute("ROLLBACK")
         except sqlite3.Error:

@@ -153,7 +153,8 @@ class Client extends EventEmitter {
     this._qInbox = null;            // queue inbox subscription (confirms, fetch and admin replies), made on first use
     this._qHandlers = new Map();    // reply name -> {onMsg(msg) -> true when done, fail(error)}
     this._qCount = 0;
-    this._qBatch = this._core.inboxPrefix + 'q.c';   // where queue homes send batches of confirms
+    this._qBatches = null;          // per worker, a batch name it owns: where queue homes send batches of confirms
+    this._qBatchSet = new Set();
     this.confirmWindow = opts.confirmWindow ?? 1000;  // confirmed publishes outstanding at most
     if (!Number.isInteger(this.confirmWindow) || this.confirmWindow < 1) throw new TscaleError('confirmWindow must be an integer >= 1');
     this._confirmsOut = 0;
@@ -484,10 +485,35 @@ class Client extends EventEmitter {
     return this._qInbox;
   }
 
-  _qReply() { return `${this._core.inboxPrefix}q.${++this._qCount}`; }
+  /** A fresh reply name on the queue inbox; with `owner`, one that worker owns.  A reply is routed by
+   * the owner of its name: a name owned by the worker that answers (the queue's home, the owner of
+   * `$Q.<queue>`) reaches this client without a hop over the in-host bus (PROTOCOL.md section 19). */
+  _qReply(owner) {
+    const n = this._core.workers;
+    for (let i = 0; ; i++) {
+      const name = `${this._core.inboxPrefix}q.${++this._qCount}`;
+      if (owner === undefined || n <= 1 || i >= 64 * n || P.shardOf(name, n) === owner) return name;
+    }
+  }
+
+  /** The batch name for a confirmed publish of `name`: one owned by the worker the event is sent to. */
+  _qBatchFor(name) {
+    const n = this._core.workers;
+    if (this._qBatches === null || this._qBatches.length !== n) {
+      const out = new Array(n).fill(null);
+      for (let i = 0, left = n; left > 0 && i < 100000; i++) {
+        const b = `${this._core.inboxPrefix}q.c${i}`;
+        const k = P.shardOf(b, n);
+        if (out[k] === null) { out[k] = b; left--; }
+      }
+      this._qBatches = out;
+      for (const b of out) this._qBatchSet.add(b);
+    }
+    return this._qBatches[this._core.owner(name) % n];
+  }
 
   _qOnReply(m) {
-    if (m.name === this._qBatch) {
+    if (this._qBatchSet.has(m.name)) {
       for (const [reply, v] of Q.decodeConfirmBatch(m.data)) {
         const h = this._qHandlers.get(reply);
         if (h !== undefined && h.settle) { this._qHandlers.delete(reply); h.settle(v); }
@@ -517,7 +543,7 @@ class Client extends EventEmitter {
     this._check();
     this._core.owner(name);   // a bad name fails here, before any wait
     if (opts.reply != null) throw new TscaleError('a confirmed publish has a reply name of its own: leave out reply');
-    const headers = Q.confirmHeaders(opts.headers ?? null, opts.msgId ?? null, this._qBatch);
+    const headers = Q.confirmHeaders(opts.headers ?? null, opts.msgId ?? null, this._qBatchFor(name));
     const timeoutMs = opts.timeout ?? 5000;
     await this._qReady();
     const slot = this._confirmSlot();
@@ -558,7 +584,7 @@ class Client extends EventEmitter {
   /** One request on the queue inbox; resolves with the reply event. */
   async _qRequest(subject, payload, timeoutMs) {
     await this._qReady();
-    const reply = this._qReply();
+    const reply = this._qReply(this._core.owner(subject));   // the home answers: a name it owns
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this._qHandlers.delete(reply);
@@ -713,7 +739,7 @@ class Consumer {
     const coll = new Q.FetchCollector(this.queue, this.group, this._answer);
     const payload = Q.request('fetch', { group: this.group, batch, expires, start: this.start });
     await c._qReady();
-    const reply = c._qReply();
+    const reply = c._qReply(c._core.owner(this.subject));   // the home answers: a name it owns
     const waitMs = expires * 1000 + 2000;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {

@@ -216,3 +216,21 @@ test('node publishes with confirm, `tscale consume` (the Python client) consumes
   await waitUntil(async () => (await c.queueInfo(q)).groups.py.acked === payloads.length, 'the CLI\'s acks');
   await c.queueRemove(q);
 });
+
+test('confirm batch and reply names are owned by the worker that answers (no worker-to-worker hop)', async () => {
+  const P = require('../lib/protocol');
+  const n = c._core.workers;
+  assert.equal(n, 2);
+  for (const name of ['a.b', 'bench.x', 'orders.eu.created', 'x']) {
+    const b = c._qBatchFor(name);
+    assert.equal(P.shardOf(b, n), P.shardOf(name, n));
+    assert.ok(b.startsWith(c._core.inboxPrefix + 'q.c'));
+  }
+  for (let k = 0; k < n; k++) assert.equal(P.shardOf(c._qReply(k), n), k);
+  // and the confirms still arrive (on a batch name per worker)
+  const [q, subj] = qname('owned');
+  await c.queueAdd(q, `${subj}.>`);
+  const acks = await Promise.all(['a', 'b', 'c', 'd'].map((t) => c.publish(`${subj}.${t}`, Buffer.from(t), { confirm: true })));
+  assert.deepEqual(acks.map((a) => a.seq).sort(), [1, 2, 3, 4]);
+  await c.queueRemove(q);
+});
