@@ -30,7 +30,7 @@ from tscale.handover import InterestReport
 from tscale.security import Security, answer_zap, zap_socket
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
-from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
+from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, SUBS, UNSUB, ProtocolError, err, pack
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
@@ -65,7 +65,7 @@ SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 
 _OPEN_COMMANDS = frozenset({HELLO, PING, PONG, BYE})   # allowed before authentication
-_REQ_AT = {SUB: 4, UNSUB: 2, STATUS: 1}                # where a command carries its req id
+_REQ_AT = {SUB: 4, SUBS: 1, UNSUB: 2, STATUS: 1}                # where a command carries its req id
 _REFUSALS = {protocol.E_NOT_AUTHORIZED: "authenticate with HELLO first",
              protocol.E_SLOW_CONSUMER: "disconnected as a slow consumer; say HELLO and subscribe again"}
 
@@ -308,6 +308,8 @@ class Worker:
             self._ingest(conn, cmd, 1)
         elif code == SUB:
             self._on_sub(conn, *cmd[1:])
+        elif code == SUBS:
+            self._on_subs(conn, cmd[1], cmd[2], cmd[3])
         elif code == PING:
             self._flush()
             self.tx.send(conn, pack([PONG, cmd[1]]))
@@ -378,6 +380,7 @@ class Worker:
             "client_id": conn.ident.hex(),
             "ctl_port": self.spec["base_port"] + self.count,
             "cluster": self.spec.get("cluster", "tscale"),
+            "features": [protocol.FEATURE_SUBS],
         }
         self.tx.send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
@@ -734,6 +737,52 @@ class Worker:
             self.table.add(s)
             waiting = self._announce(s, +1, ackkey)
         self._await(ackkey, waiting, conn, req, cluster)
+
+    def _on_subs(self, conn: Connection, req, entries: list, errors):
+        """Many SUBs in one frame (docs/PROTOCOL.md, SUBS): each triple is applied as
+        `[SUB, sid, pattern, group, req]` would be, in order, except that nothing is answered
+        per triple but its error; one OK for the frame (none if `req` is nil) once every
+        owner worker has confirmed the proxied ones.  Per subscription this costs the
+        table insert and the interest report, not a frame in and an OK out."""
+        for code, message in errors:           # triples frames.decode_client refused
+            self._error(conn, code, message, req)
+        subs = conn.subs
+        table = self.table
+        perms = conn.perms
+        direct = conn.direct
+        report = self.report
+        first_worker = self.index == 0
+        targets: set = set()
+        for i in range(0, len(entries), 3):
+            sid, pattern, group = entries[i], entries[i + 1], entries[i + 2]
+            if perms is not None and not perms.may_subscribe(pattern):
+                self._denied(conn, f"subscribe to {pattern!r}", req)
+                continue
+            old = subs.get(sid)
+            if old is not None:
+                if old.pattern == pattern and old.group == group:
+                    continue                     # a repeated SUB is idempotent
+                self._unsubscribe(conn, old)
+            if len(subs) >= self.max_subs:
+                self._error(conn, protocol.E_TOO_MANY_SUBS,
+                            f"at most {self.max_subs} subscriptions per connection", req)
+                continue
+            s = Subscription(conn, sid, pattern, group)
+            subs[sid] = s
+            table.add(s)
+            if direct:                           # _announce for a direct connection, inlined
+                if first_worker or is_literal(pattern):
+                    report.change(pattern, group, 1)
+            else:
+                self._announce(s, +1, None)
+                targets.update(self._interest_targets(pattern))
+        if req is None:
+            return
+        ackkey = next(self.ackkeys)
+        waiting = self.acks.waiting_for(targets)
+        for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
+            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
+        self._await(ackkey, waiting, conn, req, False)
 
     def _on_unsub(self, conn: Connection, sid: int, req):
         s = conn.subs.get(sid)
