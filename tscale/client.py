@@ -310,6 +310,9 @@ class Client(CoreView):
     # -- I/O thread ------------------------------------------------------------
     def _wake(self):
         if self._sleeping:
+            # One write wakes it: until the I/O thread gets the GIL back, later callers (a loop
+            # of subscribe(wait=False)) would each write the eventfd again, a syscall apiece.
+            self._sleeping = False
             os.eventfd_write(self._efd, 1)
 
     def _enqueue(self, k: int, frame: bytes):
@@ -330,9 +333,8 @@ class Client(CoreView):
         with self._lock:
             for k in state.targets:
                 q = self._outq[k]
-                b = core.take_batch(k)
-                if b is not None:
-                    q.append(b)
+                if len(core.out[k]) > 1:         # events queued before this subscription go first
+                    q.append(core.take_batch(k))
                 batch = q[-1] if q else None
                 if type(batch) is not list:
                     batch = core.new_subs_batch()
