@@ -18,8 +18,8 @@ from tscale.frames import (MAX_ANY_ITEMS, MAX_DEPTH, MAX_MAP_LEN, any_error, cle
                            refresh_error)
 from tscale.protocol import (ACCEPT, ATTACH, BYE, CTL_BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED,
                              E_UNKNOWN_COMMAND, ERR, HB, HELLO, INTEREST, MEMBERS, MSG, OK, PEER_EVENTS, PING, PONG,
-                             PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SYNC, SYNC_ACK, UNSUB, WELCOME,
-                             ProtocolError)
+                             PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SUBS, SYNC, SYNC_ACK, UNSUB,
+                             WELCOME, ProtocolError)
 
 CLIENT_CODES = {E_MALFORMED, E_UNKNOWN_COMMAND, E_BAD_VERSION, E_BAD_SID, E_BAD_PATTERN}
 # The decoders turn any slip of their own into `malformed` (so a process never dies of one);
@@ -169,6 +169,33 @@ def test_sub_and_unsub_errors_keep_the_req(frame, code, req):
     assert refused(pack(frame), code).req == req
 
 
+def test_subs_decodes_to_the_valid_triples_and_the_errors_of_the_rest():
+    """SUBS (issue 10): many SUBs in one frame.  A bad triple is reported, the others kept in order."""
+    ok = [SUBS, "r", 1, "a.b", None, 2, "a.*", "g", 3, ">", None]
+    assert decode_client(pack(ok)) == (SUBS, "r", [1, "a.b", None, 2, "a.*", "g", 3, ">", None], ())
+    assert decode_client(pack([SUBS, None])) == (SUBS, None, [], ())
+    cmd = decode_client(pack([SUBS, 7, 1, "a", None, "2", "b", None, 3, "a b", None, 4, "c", "bad group",
+                              5, "d", None, True, "e", None]))
+    assert cmd[:3] == (SUBS, 7, [1, "a", None, 5, "d", None])
+    assert [code for code, _ in cmd[3]] == [E_BAD_SID, E_BAD_PATTERN, E_BAD_PATTERN, E_BAD_SID]
+    assert "sid 3" in cmd[3][1][1]
+
+
+@pytest.mark.parametrize("frame,req", [
+    ([SUBS], None),
+    ([SUBS, 9, 1, "a"], 9),
+    ([SUBS, 9, 1, "a", None, 2], 9),
+    ([SUBS, 9] + [1, "a", None] * (protocol.MAX_SUBS_BATCH + 1), 9),
+])
+def test_subs_of_the_wrong_shape_is_malformed(frame, req):
+    assert refused(pack(frame)).req == req
+
+
+def test_subs_at_the_batch_limit_decodes():
+    cmd = decode_client(pack([SUBS, None] + [1, "a", None] * protocol.MAX_SUBS_BATCH))
+    assert len(cmd[2]) == 3 * protocol.MAX_SUBS_BATCH
+
+
 def test_echoed_values_are_bounded():
     ok = [[[[1]]]]
     assert decode_client(pack([PING, ok])) == (PING, ok)
@@ -242,7 +269,7 @@ def test_peer_events_pass_with_their_shape():
     assert decode_client(pack(f)) == f
 
 
-@pytest.mark.parametrize("code", [0, 10, 15, 16, 17, 18, 19, 20, 21, 127, -1, 2 ** 40])
+@pytest.mark.parametrize("code", [0, 11, 15, 16, 17, 18, 19, 20, 21, 127, -1, 2 ** 40])
 def test_unknown_codes(code):
     assert str(code) in refused(pack([code, 1]), E_UNKNOWN_COMMAND).message
 
@@ -256,7 +283,7 @@ option_maps = st.dictionaries(st.sampled_from(["name", "lang", "token", "direct"
                               | scalars.filter(lambda x: x == x), values, max_size=5)
 field = values | option_maps
 commands = st.builds(lambda code, rest: [code, *rest],
-                     st.sampled_from([HELLO, PUB, SUB, UNSUB, PING, PONG, STATUS, BYE, PEER_EVENTS]),
+                     st.sampled_from([HELLO, PUB, SUB, SUBS, UNSUB, PING, PONG, STATUS, BYE, PEER_EVENTS]),
                      st.lists(field, max_size=9))
 
 
@@ -271,6 +298,15 @@ def check_client_result(cmd):
         _, sid, pattern, group, req, cluster = cmd
         assert type(sid) is int and type(pattern) is str and (group is None or type(group) is str)
         assert type(cluster) is bool and any_error(req) is None
+        protocol.ok(req)
+    elif code == SUBS:
+        _, req, entries, errors = cmd
+        assert any_error(req) is None and len(entries) % 3 == 0
+        for i in range(0, len(entries), 3):
+            assert type(entries[i]) is int and type(entries[i + 1]) is str
+            assert entries[i + 2] is None or type(entries[i + 2]) is str
+        for code_, message in errors:
+            protocol.err(code_, message, req)
         protocol.ok(req)
     elif code == UNSUB:
         assert type(cmd[1]) is int and len(cmd) == 3

@@ -300,3 +300,73 @@ def test_subscribe_without_wait_is_in_place_after_flush(node2, clients):
         s.unsubscribe()
     # node2 is shared: another test's client may still be leaving, so at most, not exactly, before - 10
     wait_until(lambda: subs_now() <= before - 10, what="status to count the 10 removed")
+
+
+def test_twenty_thousand_subscriptions_without_wait_all_receive(node2, clients):
+    """Issue 10: 20,000 subscribe(wait=False) then one flush(): afterwards the last one made,
+    and the first, receive, on whichever worker owns them (they travel as SUBS frames)."""
+    sub_c = clients(node2, name="nowait-20k")
+    pub_c = clients(node2, name="nowait-20k-pub")
+    assert sub_c._core.subs_batching            # the node says it takes SUBS
+    P = uniq("nk")
+    n = 20_000
+    got: dict = {}
+    subs = [sub_c.subscribe(f"{P}.{i}", wait=False) for i in range(n - 1)]
+    subs.append(sub_c.subscribe(f"{P}.{n - 1}", cb=lambda m: got.setdefault(m.name, m.data), wait=False))
+    sub_c.flush(timeout=DEADLINE)
+    probe = {name_for(k, 2, P, start=n - 200) for k in range(2)} - {f"{P}.{n - 1}"}
+    for name in sorted(probe) + [f"{P}.0", f"{P}.{n - 1}"]:
+        pub_c.publish(name, name.encode())
+    wait_until(lambda: got, what="the last subscription to receive")
+    assert got == {f"{P}.{n - 1}": f"{P}.{n - 1}".encode()}
+    assert subs[0].next_msg(timeout=DEADLINE).data == f"{P}.0".encode()
+    for name in probe:
+        assert subs[int(name.rsplit(".", 1)[1])].next_msg(timeout=DEADLINE).data == name.encode()
+    assert sub_c.last_error is None
+
+
+def test_subscribe_without_wait_falls_back_to_sub_frames(node2, clients):
+    """A node without the SUBS feature (WELCOME "features") gets one SUB per subscription."""
+    sub_c = clients(node2, name="nowait-old")
+    pub_c = clients(node2, name="nowait-old-pub")
+    sub_c._core.subs_batching = False            # as after the WELCOME of an older node
+    P = uniq("no")
+    subs = [sub_c.subscribe(f"{P}.{i}", wait=False) for i in range(300)]
+    sub_c.flush(timeout=DEADLINE)
+    for i in (0, 299):
+        pub_c.publish(f"{P}.{i}", b"x")
+    assert subs[0].next_msg(timeout=DEADLINE).name == f"{P}.0"
+    assert subs[299].next_msg(timeout=DEADLINE).name == f"{P}.299"
+
+
+def test_subs_frame_from_a_simple_client(node2, raws):
+    """SUBS on one port of a simple (proxying) client: a bad triple is answered by its ERR with
+    the frame's req, the others are applied; the OK comes once the owner workers have them, so
+    events published right after it through the other worker are delivered.  req nil: no OK."""
+    sub = raws(node2.ports[0], name="subs-raw")
+    assert protocol.FEATURE_SUBS in sub.welcome[2]["features"]
+    P = uniq("sr")
+    names = [name_for(k, 2, P, start=i * 10) for i in range(3) for k in range(2)]   # both owners
+    frame = [protocol.SUBS, "batch-1"]
+    for sid, name in enumerate(names, start=1):
+        frame += (sid, name, None)
+    frame += (99, P + ".a b", None)
+    sub.send(frame)
+    sub.wait_for(lambda c: c[0] == protocol.OK and c[1] == "batch-1", DEADLINE, "OK for the SUBS frame")
+    bad = [e for e in sub.errors if e[3] == "batch-1"]
+    assert [e[1] for e in bad] == [protocol.E_BAD_PATTERN] and "sid 99" in bad[0][2]
+    pub = raws(node2.ports[1], name="subs-raw-pub")
+    for name in names:
+        pub.pub(name, name.encode())
+    sub.wait_events(lambda evs: len(evs) >= len(names), what="an event for every name")
+    assert sorted((e[0], e[1]) for e in sub.events) == sorted(enumerate(names, start=1))
+    # Repeated triples are idempotent; req nil gets no OK (the PONG comes, nothing before it).
+    sub.frames.clear()
+    sub.send([protocol.SUBS, None, 1, names[0], None, 2, names[1], None])
+    sub.ping()
+    assert [f[0] for f in sub.frames] == [protocol.PONG]
+    late = name_for(1, 2, P + ".late")          # owned by the other worker: proxied
+    sub.send([protocol.SUBS, "batch-2", 50, late, None])
+    sub.wait_for(lambda c: c[0] == protocol.OK and c[1] == "batch-2", DEADLINE, "OK for the second SUBS")
+    pub.pub(late, b"late")
+    sub.wait_events(lambda evs: any(e[0] == 50 for e in evs), what="the event of the late SUBS")

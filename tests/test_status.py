@@ -98,3 +98,29 @@ def test_status_schema_holds_while_worker0_restarts(make_node):
         if w0["pid"] != old and w0["alive"]:
             return
     raise AssertionError("worker 0 was not restarted")
+
+
+def test_many_subscriptions_show_as_counts_and_a_bounded_sample(make_node, clients):
+    """Issue 10: with 20,000 subscriptions (set up with wait=False and one flush) the status
+    counts all of them and samples at most 100 interest entries, and it keeps following the
+    node (figures of an idle node are still current)."""
+    node = make_node(workers=2)
+    c = clients(node, name="many")
+    P = uniq("many")
+    n = 20_000
+    subs = [c.subscribe(f"{P}.{i}", wait=False) for i in range(n)]
+    c.flush(timeout=DEADLINE)
+    extra = 20      # at most this many of the node's own subscriptions (durable queues' inboxes)
+
+    def counted():
+        st = node.status()
+        return st if (n <= st["totals"]["subscriptions"] <= n + extra
+                      and n <= st["cluster"]["interest"]["local_count"] <= n + extra) else None
+
+    st = wait_until(counted, what="status to count every subscription")
+    assert st["cluster"]["interest_entries"] == st["cluster"]["interest"]["local_count"]
+    assert 0 < len(st["cluster"]["interest"]["local"]) <= 100
+    assert sum(w["subscriptions"] for w in st["workers"]) == st["totals"]["subscriptions"]
+    c.publish(f"{P}.{n - 1}", b"x")
+    assert subs[-1].next_msg(timeout=DEADLINE).data == b"x"
+    wait_until(lambda: node.status()["totals"]["events_in"] >= 1, what="the idle node's figures to follow")

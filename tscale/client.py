@@ -35,6 +35,7 @@ log = logging.getLogger("tscale.client")
 NOBLOCK = int(zmq.NOBLOCK)     # plain ints: pyzmq's enum flag objects are slow on hot paths
 MAX_QUEUED_FRAMES = 64        # per worker, before publish() waits for the I/O thread
 DEFAULT_PENDING_LIMIT = 65536  # per iterator subscription, like NATS's default
+_QUEUE_LOCK = threading.Lock()   # makes a Subscription's event queue once
 
 
 def default_server() -> str:
@@ -133,7 +134,10 @@ class Subscription:
         self._client = client
         self._state = state
         self._cb = cb
-        self._q: queue.SimpleQueue | None = None if cb else queue.SimpleQueue()
+        # Without a callback the events wait in a queue, made on first use (the I/O thread's
+        # first event or the application's first read): 100,000 subscriptions set up at once
+        # allocate none up front (issue 10).
+        self._q: queue.SimpleQueue | None = None
         self.pending_limit = pending_limit
         self.dropped = 0          # events dropped here because the application did not keep up
         self.received = 0
@@ -142,6 +146,15 @@ class Subscription:
     pattern = property(lambda self: self._state.pattern)
     queue = property(lambda self: self._state.queue)
 
+    def _queue(self) -> queue.SimpleQueue:
+        q = self._q
+        if q is None:
+            with _QUEUE_LOCK:       # the I/O thread and the application may both come first
+                q = self._q
+                if q is None:
+                    q = self._q = queue.SimpleQueue()
+        return q
+
     def _push(self, msg: Msg):
         self.received += 1
         if self._cb is not None:
@@ -149,21 +162,24 @@ class Subscription:
                 self._cb(msg)
             except Exception:
                 log.exception("subscription callback for %r raised", self.pattern)
-        elif self._q.qsize() >= self.pending_limit:
+            return
+        q = self._q or self._queue()
+        if q.qsize() >= self.pending_limit:
             self.dropped += 1
         else:
-            self._q.put(msg)
+            q.put(msg)
 
     def next_msg(self, timeout: float | None = 1.0) -> Msg:
-        if self._q is None:
+        if self._cb is not None:
             raise TscaleError("this subscription delivers to a callback")
         try:
-            return self._q.get(timeout=timeout)
+            return (self._q or self._queue()).get(timeout=timeout)
         except queue.Empty:
             raise Timeout(f"no event on {self.pattern!r} within {timeout}s") from None
 
     def pending(self) -> int:
-        return self._q.qsize() if self._q is not None else 0
+        q = self._q
+        return q.qsize() if q is not None else 0
 
     def __iter__(self):
         return self
@@ -357,6 +373,9 @@ class Client(CoreView):
     # -- I/O thread ------------------------------------------------------------
     def _wake(self):
         if self._sleeping:
+            # One write wakes it: until the I/O thread gets the GIL back, later callers (a loop
+            # of subscribe(wait=False)) would each write the eventfd again, a syscall apiece.
+            self._sleeping = False
             os.eventfd_write(self._efd, 1)
 
     def _enqueue(self, k: int, frame: bytes):
@@ -366,6 +385,25 @@ class Client(CoreView):
             if b is not None:
                 self._outq[k].append(b)
             self._outq[k].append(frame)
+        self._wake()
+
+    def _enqueue_sub(self, state: SubState):
+        """subscribe(wait=False) on a node that takes SUBS: the subscription joins the open SUBS
+        batch at the tail of each target's queue (behind any events already batched, so order
+        holds), or opens one.  The I/O thread packs a batch when it reaches the queue's head
+        (under the lock, so nothing joins it after); a full batch is packed here."""
+        core = self._core
+        with self._lock:
+            for k in state.targets:
+                q = self._outq[k]
+                if len(core.out[k]) > 1:         # events queued before this subscription go first
+                    q.append(core.take_batch(k))
+                batch = q[-1] if q else None
+                if type(batch) is not list:
+                    batch = core.new_subs_batch()
+                    q.append(batch)
+                if core.sub_entry(batch, state):
+                    q[-1] = protocol.pack(batch)
         self._wake()
 
     def _run(self):
@@ -393,8 +431,12 @@ class Client(CoreView):
                 q = outq[k]
                 s = socks[k]
                 while q:
+                    f = q[0]
+                    if type(f) is list:       # an open SUBS batch (_enqueue_sub): closed now
+                        with self._lock:
+                            f = q[0] = protocol.pack(f)
                     try:
-                        s.send(q[0], NOBLOCK)
+                        s.send(f, NOBLOCK)
                     except zmq.Again:
                         backlog = True
                         break
@@ -591,8 +633,11 @@ class Client(CoreView):
         sub = Subscription(self, state, cb, pending_limit)
         self._subs[state.sid] = sub
         if not wait:
-            for k in state.targets:
-                self._enqueue(k, self._core.sub_frame(state, None))
+            if self._core.subs_batching:
+                self._enqueue_sub(state)
+            else:
+                for k in state.targets:
+                    self._enqueue(k, self._core.sub_frame(state, None))
             return sub
         try:
             for k in state.targets:

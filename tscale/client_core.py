@@ -25,6 +25,10 @@ _log = logging.getLogger("tscale.client")
 BATCH_EVENTS = 1000          # events per PUB frame at most
 BATCH_BYTES = 1 << 20        # payload bytes per PUB frame at most (one large event may exceed it)
 BATCH_LEN = 1 + 3 * BATCH_EVENTS   # length of a full PUB batch list
+# subscribe(wait=False) entries per SUBS frame: a node applies one in ~5-10 us, so a frame
+# holds its worker for ~1-2 ms at most (the node accepts up to protocol.MAX_SUBS_BATCH).
+SUBS_BATCH = 200
+SUBS_LEN = 2 + 3 * SUBS_BATCH
 
 
 class Msg:
@@ -87,7 +91,7 @@ class CoreView:
 class SubState:
     __slots__ = ("sid", "pattern", "queue", "targets", "confirm")
 
-    def __init__(self, sid: int, pattern: str, queue: str | None, targets: list[int], confirm: str | None):
+    def __init__(self, sid: int, pattern: str, queue: str | None, targets: tuple, confirm: str | None):
         self.sid = sid
         self.pattern = pattern
         self.queue = queue
@@ -174,6 +178,8 @@ class ClientCore:
         self.bad_frames = 0      # frames from the node that failed frames.decode_node, dropped
         self.bad_events = 0      # malformed events inside otherwise good MSG frames, dropped
         self._warned_bad = False
+        self.subs_batching = False   # the node takes SUBS frames (WELCOME "features")
+        self._one, self._every = [(0,)], (0,)   # shared SubState.targets (set again by welcome)
 
     # -- receiving ----------------------------------------------------------
     def decode(self, frame: bytes, k: int):
@@ -213,7 +219,11 @@ class ClientCore:
         if self.ports and len(ports) != len(self.ports):
             raise TscaleError("the node restarted with a different worker count; reconnect the client")
         self.ports = ports
+        features = info.get("features")
+        self.subs_batching = type(features) is list and protocol.FEATURE_SUBS in features
         self.workers = info["shard"]["count"]
+        self._one = [(k,) for k in range(self.workers)]   # SubState.targets of a literal name
+        self._every = tuple(range(self.workers))             # of a wildcard pattern
         if len(self.out) != self.workers:
             self.out = [[protocol.PUB] for _ in range(self.workers)]
             self.out_bytes = [0] * self.workers
@@ -270,7 +280,8 @@ class ClientCore:
         if confirm == "cluster" and not wait:
             raise TscaleError("confirm='cluster' needs wait=True: the cluster confirmation is the wait")
         sid = next(self._sids)
-        targets = [crc32(pattern.encode()) % self.workers] if is_literal(pattern) else list(range(self.workers))
+        # Shared tuples, not a list per subscription (issue 10: 100,000 of them).
+        targets = self._one[crc32(pattern.encode()) % self.workers] if is_literal(pattern) else self._every
         s = SubState(sid, pattern, queue, targets, None if confirm == "node" else confirm)
         self.subs[sid] = s
         return s
@@ -280,9 +291,20 @@ class ClientCore:
             return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req, {"confirm": s.confirm}])
         return protocol.pack([protocol.SUB, s.sid, s.pattern, s.queue, req])
 
+    def new_subs_batch(self) -> list:
+        """An open SUBS frame (a list; `sub_entry` fills it, `protocol.pack` closes it)."""
+        return [protocol.SUBS, None]
+
+    @staticmethod
+    def sub_entry(batch: list, s: SubState) -> bool:
+        """Add subscription `s` to an open SUBS batch; True once the batch is full."""
+        batch += (s.sid, s.pattern, s.queue)
+        return len(batch) >= SUBS_LEN
+
     def resync_frames(self, k: int, subs) -> list[bytes]:
         """What to send worker k when it may have forgotten us (a reconnect, or it disconnected us as
-        a slow consumer): HELLO, then every subscription that belongs on it."""
+        a slow consumer): HELLO, then every subscription that belongs on it.  Plain SUB frames,
+        not SUBS: the node behind the port may have been replaced by one without that feature."""
         return [self.hello()] + [self.sub_frame(s._state, None) for s in subs if k in s._state.targets]
 
     @staticmethod

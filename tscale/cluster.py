@@ -607,6 +607,15 @@ class ClusterControl:
         self.probes[ep] = (s, now + PROBE_TIMEOUT, "seed")
 
     # -- time ------------------------------------------------------------------------------
+    def quiet(self) -> bool:
+        """Nothing here runs on a deadline shorter than a heartbeat: a node alone, without
+        seeds, discovery, probes, barriers or any known member (its heartbeats and seeking have
+        nobody to reach).  The supervisor then calls `tick` once per status round (issue 10:
+        an idle node wakes about once a second), and every 50 ms otherwise.  O(1)."""
+        ov = self.overlay
+        return not (self.udp is not None or self.seeds or self.probes or self.barriers or self.beaconed
+                    or ov.members or ov.parent or ov.children or ov.pending_parent is not None)
+
     def tick(self, now: float):
         ov = self.overlay
         for ep, (s, deadline, _) in list(self.probes.items()):

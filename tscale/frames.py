@@ -49,8 +49,8 @@ import msgpack
 from . import protocol
 from .protocol import (ACCEPT, ATTACH, BYE, CTL_BYE, E_BAD_PATTERN, E_BAD_SID, E_BAD_VERSION, E_MALFORMED,
                        E_UNKNOWN_COMMAND, ERR, HB, HELLO, INTEREST, MEMBERS, MSG, OK, PEER_EVENTS, PING, PONG,
-                       PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SYNC, SYNC_ACK, UNSUB, WELCOME,
-                       ProtocolError)
+                       PROBE, PUB, REFUSE, RESYNC, STATUS, STATUS_REPLY, SUB, SUBS, SYNC, SYNC_ACK, UNSUB,
+                       WELCOME, ProtocolError)
 from .subjects import MAX_NAME_LEN, group_error, pattern_error
 
 MAX_MAP_LEN = 1024          # entries in any one map of a client frame (headers, options, req)
@@ -225,6 +225,39 @@ def _sub(cmd: list) -> tuple:
     return (SUB, sid, pattern, group, req, cluster)
 
 
+def _subs(cmd: list) -> tuple:
+    """-> (SUBS, req, entries, errors): `entries` the flat [sid, pattern, group, ...] triples that
+    are valid, in order; `errors` [(code, message)] for the others (each answered like a SUB's)."""
+    n = len(cmd)
+    if n < 2 or (n - 2) % 3 or n - 2 > 3 * protocol.MAX_SUBS_BATCH:
+        raise ProtocolError(E_MALFORMED, f"SUBS is [10, req, (sid, pattern, group)...], at most "
+                                         f"{protocol.MAX_SUBS_BATCH} triples", _req(cmd, 1))
+    req = _echo(cmd, 1, "SUBS req")
+    errors = None
+    for i in range(2, n, 3):
+        sid, pattern, group = cmd[i], cmd[i + 1], cmd[i + 2]
+        if type(sid) is not int:
+            e = (E_BAD_SID, "sid must be an integer")
+        else:
+            e = pattern_error(pattern)
+            if e is None and group is not None:
+                e = group_error(group)
+            if e is None:
+                continue
+            e = (E_BAD_PATTERN, f"sid {sid}: {e}")
+        if errors is None:
+            errors = []
+        errors.append((i, e))
+    if errors is None:                  # the usual case: every triple valid, no copy per triple
+        return (SUBS, req, cmd[2:], ())
+    bad = {i for i, _ in errors}
+    entries = []
+    for i in range(2, n, 3):
+        if i not in bad:
+            entries += cmd[i:i + 3]
+    return (SUBS, req, entries, [e for _, e in errors])
+
+
 def _unsub(cmd: list) -> tuple:
     """-> (UNSUB, sid, req)"""
     if len(cmd) != 3:
@@ -283,7 +316,7 @@ def peer_body_at(frame) -> int | None:
 
 
 _CLIENT = {
-    HELLO: _hello, SUB: _sub, UNSUB: _unsub, PING: _ping, PONG: lambda cmd: _PONG, STATUS: _status,
+    HELLO: _hello, SUB: _sub, SUBS: _subs, UNSUB: _unsub, PING: _ping, PONG: lambda cmd: _PONG, STATUS: _status,
     BYE: lambda cmd: _BYE, PEER_EVENTS: _peer_events,
 }
 
@@ -297,6 +330,7 @@ def decode_client(frame: bytes):
 
         [PUB, name, payload, meta, ...]           length 1 + 3k (events: checked by the router)
         (SUB, sid:int, pattern:str, group:str|None, req, cluster:bool)
+        (SUBS, req, [sid:int, pattern:str, group:str|None, ...] valid triples, [(code, message)] of the rest)
         (UNSUB, sid:int, req)
         (HELLO, name:str, lang:str, token:str|None, direct:bool, peer:str)
         (PING, token)  (PONG,)  (STATUS, req)  (BYE,)

@@ -23,6 +23,7 @@ PONG = 6       # [PONG, token]            both directions
 STATUS = 7     # [STATUS, req]
 BYE = 8        # [BYE]
 PEER_EVENTS = 9  # [PEER_EVENTS, src_node, name, payload, meta, groups|nil, ...]  node -> node
+SUBS = 10      # [SUBS, req, sid, pattern, group|nil, ...]   many SUBs in one frame (WELCOME feature "subs")
 # server -> client
 WELCOME = 16   # [WELCOME, version, info]
 MSG = 17       # [MSG, sid, name, payload, meta, ...]
@@ -35,9 +36,13 @@ PROBE, MEMBERS, ATTACH, ACCEPT, REFUSE, HB, INTEREST, RESYNC, SYNC, SYNC_ACK, CT
 
 COMMAND_NAMES = {
     HELLO: "HELLO", PUB: "PUB", SUB: "SUB", UNSUB: "UNSUB", PING: "PING", PONG: "PONG",
-    STATUS: "STATUS", BYE: "BYE", PEER_EVENTS: "PEER_EVENTS", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
+    STATUS: "STATUS", BYE: "BYE", PEER_EVENTS: "PEER_EVENTS", SUBS: "SUBS", WELCOME: "WELCOME", MSG: "MSG", OK: "OK", ERR: "ERR",
     STATUS_REPLY: "STATUS_REPLY",
 }
+
+# What this node understands beyond protocol v1's first commands (WELCOME info "features").
+FEATURE_SUBS = "subs"          # the SUBS command
+MAX_SUBS_BATCH = 1024          # (sid, pattern, group) triples in one SUBS frame at most
 
 # Error codes: (code, fatal).  Fatal errors make the server forget the connection.
 E_MALFORMED = "malformed"

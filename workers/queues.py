@@ -580,6 +580,12 @@ class QueueShell:
         qs.waiters = keep
 
     # -- housekeeping --------------------------------------------------------------
+    def idle(self) -> bool:
+        """Nothing for `tick` to do on time (the worker then ticks every IDLE_TICK): started,
+        no queue, nothing committed that waits for an fsync or a checkpoint."""
+        return (self.started and not self.queues and not self.dirty and not self.wal_dirty
+                and (self.store is None or self.store.unsynced_since is None))
+
     def tick(self, now_mono: float) -> None:
         if not self.started or self.store is None:
             return

@@ -30,7 +30,7 @@ from tscale.handover import InterestReport
 from tscale.security import Security, answer_zap, zap_socket
 from tscale.logs import RateLimited, setup
 from tscale.peergate import PeerGate
-from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, UNSUB, ProtocolError, err, pack
+from tscale.protocol import BYE, HELLO, PEER_EVENTS, PING, PONG, PUB, STATUS, SUB, SUBS, UNSUB, ProtocolError, err, pack
 from tscale.routing import RoutingTable, Subscription
 from tscale.sharding import shard_of
 from tscale.subjects import is_literal, name_error
@@ -50,8 +50,13 @@ FLUSH_EVERY = 32          # frames read between output flushes (bounds batch siz
 # time, after which the loop flushes, looks at the other socket and polls again.
 FLUSH_BYTES = 64 * 1024   # input bytes between output flushes at most (plus one frame)
 PASS_TIME = 0.002         # seconds one drain pass may take (checked at each flush)
-TICK = 0.1                # housekeeping period, seconds
+TICK = 0.1                # housekeeping period while something waits for a deadline, seconds
+# ... and when nothing does (issue 10: an idle node must cost ~0 CPU whatever it holds): the
+# worker then wakes once a second, for its figures, and at once for input or a signal.
+IDLE_TICK = 1.0
 STATS_EVERY = 1.0
+STATS_REPEAT = 10.0       # figures that did not change are sent again after this long
+PING_EVERY = 5.0          # how often silent connections are looked for
 IDLE_PING_AFTER = 15.0    # ping connections silent for this long to learn if they are gone
 ACK_TIMEOUT = 2.0         # give up waiting for another worker to confirm interest
 BUS_HWM = 20000
@@ -65,9 +70,17 @@ SEND_MORE = int(zmq.NOBLOCK | zmq.SNDMORE)
 RCVMORE = int(zmq.RCVMORE)
 
 _OPEN_COMMANDS = frozenset({HELLO, PING, PONG, BYE})   # allowed before authentication
-_REQ_AT = {SUB: 4, UNSUB: 2, STATUS: 1}                # where a command carries its req id
+_REQ_AT = {SUB: 4, SUBS: 1, UNSUB: 2, STATUS: 1}                # where a command carries its req id
 _REFUSALS = {protocol.E_NOT_AUTHORIZED: "authenticate with HELLO first",
              protocol.E_SLOW_CONSUMER: "disconnected as a slow consumer; say HELLO and subscribe again"}
+
+
+def _drain_fd(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 class Worker:
@@ -110,6 +123,8 @@ class Worker:
         self.ackkeys = itertools.count(1)   # keys of interest changes waiting for confirmation
         self.node_status: dict = {}
         self.pending_status: list = []   # STATUS requests waiting for the first node status
+        self.last_stats: dict | None = None   # the figures last sent to the supervisor
+        self.stats_due = 0.0
         self.started = time.time()
         self.running = True
         self.stats = {"events_in": 0, "events_out": 0, "dropped": 0, "forwarded": 0, "errors": 0,
@@ -122,6 +137,10 @@ class Worker:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the supervisor reloads the users file and tells us
+        # A signal wakes the poll (pyzmq resumes an interrupted poll): with IDLE_TICK the worker
+        # would otherwise notice SIGTERM up to a second late.
+        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
         self.ctx = zmq.Context()   # created after start: never inherit a context
         try:
             self._open_sockets()
@@ -190,12 +209,15 @@ class Worker:
         zap = getattr(self, "zap", None)
         if zap is not None:
             poller.register(zap, zmq.POLLIN)
-        next_tick = 0.0
+        sig_r = self.sig_r
+        poller.register(sig_r, zmq.POLLIN)
+        next_tick = now = 0.0
         next_stats = time.monotonic() + STATS_EVERY
+        self.next_ping = time.monotonic() + PING_EVERY
         while self.running:
             try:
                 # A connection owed control replies is retried within a millisecond, not at the next tick.
-                ready = poller.poll(1 if tx.backlogged else TICK * 1000)
+                ready = poller.poll(1 if tx.backlogged else max(0.0, next_tick - now) * 1000)
             except zmq.ZMQError:
                 if not self.running:
                     break
@@ -208,6 +230,8 @@ class Worker:
                     self._drain_bus()
                 elif sock is zap:
                     self._drain_zap()
+                elif sock == sig_r:
+                    _drain_fd(sig_r)
                 else:
                     self._drain_peer(sock)
             self._flush()
@@ -218,11 +242,13 @@ class Worker:
                 queues.commit()
                 self._flush()
             if now >= next_tick:
-                next_tick = now + TICK
                 self._tick(now)
                 if now >= next_stats:
                     next_stats = now + STATS_EVERY
                     self._send_stats()
+                next_tick = now + (TICK if self._needs_tick() else IDLE_TICK)
+            elif next_tick - now > TICK and self._needs_tick():
+                next_tick = now + TICK       # this pass left something with a deadline
 
     # -- client input -------------------------------------------------------
     def _drain_router(self):
@@ -308,6 +334,8 @@ class Worker:
             self._ingest(conn, cmd, 1)
         elif code == SUB:
             self._on_sub(conn, *cmd[1:])
+        elif code == SUBS:
+            self._on_subs(conn, cmd[1], cmd[2], cmd[3])
         elif code == PING:
             self._flush()
             self.tx.send(conn, pack([PONG, cmd[1]]))
@@ -378,6 +406,7 @@ class Worker:
             "client_id": conn.ident.hex(),
             "ctl_port": self.spec["base_port"] + self.count,
             "cluster": self.spec.get("cluster", "tscale"),
+            "features": [protocol.FEATURE_SUBS],
         }
         self.tx.send(conn, pack([protocol.WELCOME, protocol.VERSION, info]))
 
@@ -734,6 +763,52 @@ class Worker:
             self.table.add(s)
             waiting = self._announce(s, +1, ackkey)
         self._await(ackkey, waiting, conn, req, cluster)
+
+    def _on_subs(self, conn: Connection, req, entries: list, errors):
+        """Many SUBs in one frame (docs/PROTOCOL.md, SUBS): each triple is applied as
+        `[SUB, sid, pattern, group, req]` would be, in order, except that nothing is answered
+        per triple but its error; one OK for the frame (none if `req` is nil) once every
+        owner worker has confirmed the proxied ones.  Per subscription this costs the
+        table insert and the interest report, not a frame in and an OK out."""
+        for code, message in errors:           # triples frames.decode_client refused
+            self._error(conn, code, message, req)
+        subs = conn.subs
+        table = self.table
+        perms = conn.perms
+        direct = conn.direct
+        report = self.report
+        first_worker = self.index == 0
+        targets: set = set()
+        for i in range(0, len(entries), 3):
+            sid, pattern, group = entries[i], entries[i + 1], entries[i + 2]
+            if perms is not None and not perms.may_subscribe(pattern):
+                self._denied(conn, f"subscribe to {pattern!r}", req)
+                continue
+            old = subs.get(sid)
+            if old is not None:
+                if old.pattern == pattern and old.group == group:
+                    continue                     # a repeated SUB is idempotent
+                self._unsubscribe(conn, old)
+            if len(subs) >= self.max_subs:
+                self._error(conn, protocol.E_TOO_MANY_SUBS,
+                            f"at most {self.max_subs} subscriptions per connection", req)
+                continue
+            s = Subscription(conn, sid, pattern, group)
+            subs[sid] = s
+            table.add(s)
+            if direct:                           # _announce for a direct connection, inlined
+                if first_worker or is_literal(pattern):
+                    report.change(pattern, group, 1)
+            else:
+                self._announce(s, +1, None)
+                targets.update(self._interest_targets(pattern))
+        if req is None:
+            return
+        ackkey = next(self.ackkeys)
+        waiting = self.acks.waiting_for(targets)
+        for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
+            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
+        self._await(ackkey, waiting, conn, req, False)
 
     def _on_unsub(self, conn: Connection, sid: int, req):
         s = conn.subs.get(sid)
@@ -1139,7 +1214,8 @@ class Worker:
             conn, req, waiting, _ = self.pending_acks.pop(key)
             self.log.warning("workers %s did not confirm interest in time; confirming anyway", sorted(waiting))
             self._confirm(conn, req)
-        if int(now * 10) % 50 == 0:   # every ~5 s: find connections that went away
+        if now >= self.next_ping:     # every PING_EVERY: find connections that went away
+            self.next_ping = now + PING_EVERY
             ping = pack([PING, 0])
             for c in list(self.conns.values()):
                 if now - c.last_seen > IDLE_PING_AFTER:
@@ -1147,6 +1223,15 @@ class Worker:
             if self.tx.dead:
                 self._remove_dead()
             tx.expire_lingering()
+
+    def _needs_tick(self) -> bool:
+        """Whether something waits for a deadline that `_tick` checks (then it runs every TICK,
+        else every IDLE_TICK).  Each test is O(1): nothing here looks at every subscription
+        or connection."""
+        tx = self.tx
+        return bool(self.pending_acks or self.pending_status or self.bus_backlog or self.gate.claims
+                    or self.peer_links or tx.blocked or tx.backlogged or tx.dead
+                    or len(self.synced) < self.count or not self.queues.idle())
 
     def _answer_status(self, now: float | None = None):
         keep = []
@@ -1177,7 +1262,15 @@ class Worker:
         }
 
     def _send_stats(self):
-        self._bus_send(bus.SUP, pack([bus.STATS, self.index, self.worker_stats()]))
+        """Our figures to the supervisor: when they changed (the uptime aside), else every
+        STATS_REPEAT seconds.  An idle worker sends nothing most seconds (issue 10: idle CPU)."""
+        st = self.worker_stats()
+        st.pop("uptime_s")            # nobody reads it from STATS; the worker's own status() adds it
+        if st == self.last_stats and self.now < self.stats_due:
+            return
+        self.last_stats = st
+        self.stats_due = self.now + STATS_REPEAT
+        self._bus_send(bus.SUP, pack([bus.STATS, self.index, st]))
 
     def status(self) -> dict:
         """The node status as last published by the supervisor, with this worker's figures fresh."""

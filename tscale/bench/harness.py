@@ -175,7 +175,7 @@ def run_all(args: argparse.Namespace, counts, runner: Runner) -> list[dict]:
             log(f"[{scenario.key}] {scenario.skip_reason}")
             continue
         systems = [s for s in wanted_systems if scenario.feature in s.features
-                   and (scenario.only is None or s.key in scenario.only)]
+                   and (scenario.only is None or s.key.split("@")[0] in scenario.only)]   # tscale@REV is tscale
         variants = scenario.variants(counts)
         if args.variants:
             variants = [v for v in variants if v.label in args.variants.split(",")]
