@@ -387,7 +387,18 @@ def wait_one_tree(nodes: list[CNode], timeout: float = FORM_DEADLINE) -> dict:
     try:
         return wait_until(ok, timeout, 0.1, "one overlay tree")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}: {last['why']}; nodes {nodes}") from None
+        raise AssertionError(f"{exc}: {last['why']}; nodes {nodes}\n{log_tails(nodes)}") from None
+
+
+def log_tails(nodes, lines: int = 12) -> str:
+    """The last supervisor/cluster log lines of each node, for a failure message (a cluster that
+    did not form says why only in its logs, and CI keeps nothing else)."""
+    out = []
+    for n in nodes:
+        recs = [r for r in n.log_records() if r.get("proc") in ("cluster", "supervisor")][-lines:]
+        out.append(f"--- {n.name} ({n.host}:{n.port}):")
+        out += [f"  {r.get('ts', '')} {r.get('proc', '')} {r.get('level', '')}: {r.get('msg', '')}" for r in recs]
+    return "\n".join(out)
 
 
 def links_of(view: dict, nid: str) -> list[str]:
