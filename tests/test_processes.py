@@ -133,3 +133,21 @@ def test_workers_die_with_supervisor(make_node):
     node.proc.wait(timeout=10)
     wait_until(lambda: not pids_alive(workers), what="workers to die with their SIGKILLed supervisor")
     wait_until(lambda: not any(listening(p) for p in node.ports), what="the node's ports to be free")
+
+
+def _environ(pid: int) -> dict:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    return dict(kv.decode(errors="replace").split("=", 1) for kv in raw if b"=" in kv)
+
+
+def test_workers_keep_large_batch_buffers_in_the_heap_unless_told_otherwise(make_node):
+    """Workers start with fixed glibc malloc thresholds (supervisor.WORKER_MALLOC: a 1 MiB batch
+    frame is not mmapped and unmapped each time); an operator's own GLIBC_TUNABLES wins."""
+    from tscale.supervisor import WORKER_MALLOC
+    node = make_node(1)
+    # glibc parses the variable in place (':' becomes NUL), so /proc shows its first tunable only
+    assert _environ(node.worker_pids()[0]).get("GLIBC_TUNABLES") == WORKER_MALLOC.split(":")[0]
+    mine = "glibc.malloc.arena_max=2"
+    node2 = make_node(1, env={"GLIBC_TUNABLES": mine})
+    assert _environ(node2.worker_pids()[0]).get("GLIBC_TUNABLES") == mine
+    assert node2.status()["workers"][0]["alive"]

@@ -32,6 +32,16 @@ RESTART_FAST = 0.05          # first restart delay after a crash, seconds
 RESTART_MAX = 5.0            # cap of the back-off for a worker that keeps crashing
 STOP_GRACE = 5.0             # SIGTERM -> SIGKILL
 BUSY_POLL = 0.05             # loop period while the cluster control plane has work with deadlines
+# glibc serves an allocation of 128 KiB or more (a batch frame of large events: up to 1 MiB)
+# with a fresh mmap and gives it back on free, so every such frame faults in its pages again;
+# its dynamic threshold then trims the heap as often.  Fixed thresholds keep those buffers in
+# the heap: node CPU per 64 KiB event 106 -> 78 us in the bench (issue 10; docs/BENCHMARKS.md).
+# Both thresholds or neither: a fixed mmap_threshold alone turns the dynamic adjustment off and
+# leaves trim_threshold at 128 KiB, so the heap is trimmed after every free (2,000 1-MiB
+# buffers: 448,030 page faults, against 510 on defaults and 254 with both).
+# A worker may then keep up to trim_threshold of freed memory.  A GLIBC_TUNABLES already in the
+# environment is left as it is; other C libraries ignore the variable.
+WORKER_MALLOC = "glibc.malloc.mmap_threshold=16777216:glibc.malloc.trim_threshold=67108864"
 STATUS_EVERY = 1.0           # the status document (workers answer STATUS from it); the idle period
 
 
@@ -135,6 +145,7 @@ class Supervisor:
     def _spawn(self, w: WorkerProc):
         env = dict(os.environ, TSCALE_WORKER_SPEC=json.dumps(self._spec(w.index)))   # not argv: holds the token
         env.pop("NOTIFY_SOCKET", None)        # only the supervisor speaks to systemd
+        env.setdefault("GLIBC_TUNABLES", WORKER_MALLOC)
         w.popen = subprocess.Popen(
             [sys.executable, "-m", "tscale_workers", f"--index={w.index}"],
             preexec_fn=_worker_preexec, stdin=subprocess.DEVNULL, env=env)
