@@ -17,7 +17,7 @@ import uuid
 import msgpack
 import zmq
 
-from . import __version__, auth, bus, keys, rundir, sdnotify
+from . import __version__, auth, bus, keys, rundir, sdnotify, sigwake
 from .cluster import ClusterControl
 from .security import Security, answer_zap, zap_socket
 from dataclasses import asdict
@@ -72,14 +72,6 @@ def proc_usage(pid: int) -> tuple[float, int] | None:
         return (int(fields[11]) + int(fields[12])) / _CLK_TCK, int(fields[21]) * _PAGE
     except (OSError, ValueError, IndexError):
         return None
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 class WorkerProc:
@@ -229,8 +221,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._stop)
         signal.signal(signal.SIGHUP, self._on_sighup)
         # A signal wakes the poll at once (pyzmq resumes an interrupted poll by itself).
-        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        self.sig_r = sigwake.wakeup_fd()
         os.makedirs(self.cfg.data_dir, exist_ok=True)
         try:
             self.security = self._security()
@@ -355,7 +346,7 @@ class Supervisor:
                 continue
             now = time.monotonic()
             if ready and any(sock == self.sig_r for sock, _ in ready):
-                _drain_fd(self.sig_r)
+                sigwake.drain(self.sig_r)
             if ready and any(sock is self.sub for sock, _ in ready):
                 self._drain(now)
             if ready and self.zap is not None and any(sock is self.zap for sock, _ in ready):

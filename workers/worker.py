@@ -22,7 +22,7 @@ import time
 import msgpack
 import zmq
 
-from tscale import auth, bus, protocol
+from tscale import auth, bus, protocol, sigwake
 from tscale.config import DEFAULT_CLIENT_MAX_PENDING, DEFAULT_SLOW_CONSUMER_GRACE_MS
 from tscale.connstate import Connection
 from tscale.frames import decode_client, decode_node, keys_error, meta_error, payload_error, peer_body_at
@@ -73,14 +73,6 @@ _OPEN_COMMANDS = frozenset({HELLO, PING, PONG, BYE})   # allowed before authenti
 _REQ_AT = {SUB: 4, SUBS: 1, UNSUB: 2, STATUS: 1}                # where a command carries its req id
 _REFUSALS = {protocol.E_NOT_AUTHORIZED: "authenticate with HELLO first",
              protocol.E_SLOW_CONSUMER: "disconnected as a slow consumer; say HELLO and subscribe again"}
-
-
-def _drain_fd(fd: int) -> None:
-    try:
-        while os.read(fd, 512):
-            pass
-    except BlockingIOError:
-        pass
 
 
 class Worker:
@@ -139,8 +131,7 @@ class Worker:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)   # the supervisor reloads the users file and tells us
         # A signal wakes the poll (pyzmq resumes an interrupted poll): with IDLE_TICK the worker
         # would otherwise notice SIGTERM up to a second late.
-        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+        self.sig_r = sigwake.wakeup_fd()
         self.ctx = zmq.Context()   # created after start: never inherit a context
         try:
             self._open_sockets()
@@ -231,7 +222,7 @@ class Worker:
                 elif sock is zap:
                     self._drain_zap()
                 elif sock == sig_r:
-                    _drain_fd(sig_r)
+                    sigwake.drain(sig_r)
                 else:
                     self._drain_peer(sock)
             self._flush()
