@@ -290,6 +290,24 @@ class Lab:
         return "\n".join(f"--- {n.ns}\n{n.log_text()[-2500:]}" for n in self.nodes)
 
 
+def interest_report(agents) -> str:
+    """Each node's links and interest when a step fails: it tells a subscription that never
+    reached the publishing node from events lost on the way (the logs say neither)."""
+    out = []
+    for k, ag in enumerate(agents):
+        try:
+            c = ag.cluster()    # (status is rebuilt once a second)
+
+            def user(rows):     # the test's own subscriptions, not the nodes' internal $ names
+                return [r for r in rows if not r[0].startswith("$")][:10]
+            links = {m[:8]: user(v) for m, v in c["interest"]["links"].items()}
+            out.append(f"node {k}: links {[(x['peer'][:8], x['role']) for x in c['links']]}, "
+                       f"local interest {user(c['interest']['local'])}, interest per link {links}")
+        except Exception as e:   # a node that cannot answer is itself the finding
+            out.append(f"node {k}: no status ({e!r})")
+    return "\n".join(out)
+
+
 @pytest.fixture(params=[False, True], ids=["no-brd", "brd"])
 def lab(request, tmp_path):
     lab = Lab(tmp_path, brd=request.param)
@@ -411,7 +429,7 @@ def test_zero_config_discovery_partition_and_merge(lab, tmp_path):
         exactly(a[0].got("side_a"), {str(i) for i in range(100)}, "side A")
         exactly(a[cut].got("side_b"), {str(i) for i in range(100)}, "side B")
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\nnode logs:\n{lab.logs()}") from None
+        raise AssertionError(f"{exc}\n{interest_report(a)}\nnode logs:\n{lab.logs()}") from None
     finally:
         path = write_figures(tmp_path / "netns-figures.json", figures)
         print(f"\nnetns figures ({path}):\n{json.dumps(figures, indent=2)}")
