@@ -400,13 +400,10 @@ class Client(CoreView):
         """A fresh reply name on the queue inbox; with `owner`, one that worker owns (see inbox_owned_by)."""
         if self._inbox_sub is None:
             # confirm="cluster": a queue's home on another node must know the inbox before it answers
-            self._q_batches = self._core.confirm_batch_names()   # where homes send batches of confirms
-            for b in self._q_batches:
-                self._q_handlers[b] = lambda msg: qc.dispatch_confirms(msg.data, self._q_handlers)
+            # where homes send batches of confirms
+            self._q_batches = qc.confirm_batches(self._core.confirm_batch_names(), self._q_handlers)
             self._inbox_sub = await self.subscribe(self._core.inbox_prefix + "*", cb=self._on_reply,
                                                    confirm="cluster")
-        if owner is None:
-            return self._core.inbox()
         return self._core.inbox_owned_by(owner)
 
     async def publish_future(self, name: str, data=b"", headers: dict | None = None,
@@ -414,8 +411,7 @@ class Client(CoreView):
         """Publish with confirm; the returned future resolves to the PubAck (`.reply` is its reply name)."""
         self._check_open()
         reply = await self._q_reply_name()
-        batches = self._q_batches
-        h = qc.confirm_headers(headers, msg_id, batches[self._core.owner(name) % len(batches)])
+        h = qc.confirm_headers(headers, msg_id, qc.confirm_batch_for(self._q_batches, self._core.owner(name)))
         f = asyncio.get_running_loop().create_future()
         f.reply = reply
         self._q_handlers[reply] = qc.ConfirmWaiter(name, f)

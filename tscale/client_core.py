@@ -321,10 +321,12 @@ class ClientCore:
     def inbox(self) -> str:
         return self.inbox_prefix + str(next(self._reqs))
 
-    def inbox_owned_by(self, k: int) -> str:
-        """A fresh inbox name that worker k owns.  A reply is routed by the owner of its name: a reply
+    def inbox_owned_by(self, k: int | None) -> str:
+        """A fresh inbox name that worker k owns (k None: any, `inbox`).  A reply is routed by the owner of its name: a reply
         name owned by the worker that answers (a queue's home) reaches this client from that worker,
         without a hop over the in-host bus to another worker first."""
+        if k is None:
+            return self.inbox()
         for _ in range(64 * self.workers):
             name = self.inbox_prefix + str(next(self._reqs))
             if crc32(name.encode()) % self.workers == k:

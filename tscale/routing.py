@@ -213,6 +213,17 @@ class RoutingTable:
             self._cache[name] = r
         return r
 
+    def route_valid(self, name) -> Route | None:
+        """The route of `name` if it is a valid event name, else None (no error raised: the
+        caller judges a batch by it and leaves reporting to the event-by-event path)."""
+        try:
+            r = self._cache.get(name)     # holds valid names only
+        except TypeError:                 # an array or map where a name should be
+            return None
+        if r is None and type(name) is str and name_error(name) is None:
+            r = self.route(name)
+        return r
+
     def route_all(self, names: list) -> Route | None:
         """The one Route that every name in `names` resolves to, or None: names that route
         differently, or one that is not a valid event name (the caller then routes event by
@@ -221,14 +232,12 @@ class RoutingTable:
             distinct = set(names)
         except TypeError:   # an array or map where a name should be
             return None
-        cache = self._cache
+        route_valid = self.route_valid
         r = None
         for name in distinct:
-            x = cache.get(name)       # holds valid names only
+            x = route_valid(name)
             if x is None:
-                if type(name) is not str or name_error(name) is not None:
-                    return None
-                x = self.route(name)
+                return None
             if x is not r:
                 if r is not None:
                     return None

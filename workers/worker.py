@@ -421,7 +421,7 @@ class Worker:
         me = self.index
         cache_get = self.table._cache.get
         if n - start >= 3 * BATCH_MIN and self.peer_links:
-            r = self._route_of(cmd[start])
+            r = self.table.route_valid(cmd[start])
             if r is not None and r.peers and not r.local and self._batch_to_peers(conn, cmd, start):
                 return
         route = self.table.route
@@ -482,17 +482,6 @@ class Worker:
             self.stats["events_in"] += (n - start) // 3
             if bad is not None:
                 self._error(conn, *bad)
-
-    def _route_of(self, name):
-        """The route of `name` if it is a valid event name, else None (the cheap test of whether
-        a whole-batch path may apply: one cache lookup, judged by the batch's first name)."""
-        try:
-            r = self.table._cache.get(name)
-        except TypeError:             # an array or map where the name should be
-            return None
-        if r is None and type(name) is str and name_error(name) is None:
-            r = self.table.route(name)
-        return r
 
     def _batch_to_peers(self, conn, cmd: list, start: int) -> bool:
         """Events of a PUB (or FWD) frame that all go to neighbours only, nothing here: their
@@ -630,7 +619,7 @@ class Worker:
         me = self.index
         cache_get = self.table._cache.get
         if frame is not None and len(cmd) >= 2 + 4 * BATCH_MIN:
-            r = self._route_of(cmd[2])
+            r = self.table.route_valid(cmd[2])
             if r is not None and r.peers and not r.local and self._forward_batch(src, cmd, frame):
                 return
         route = self.table.route
@@ -743,17 +732,24 @@ class Worker:
         if same:
             waiting = set()                      # already in place here; only the cluster barrier is new
         else:
-            if old is not None:
-                self._unsubscribe(conn, old)
-            if len(conn.subs) >= self.max_subs:
-                self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection",
-                            req)
+            s = self._place(conn, sid, pattern, group, old, req)
+            if s is None:
                 return
-            s = Subscription(conn, sid, pattern, group)
-            conn.subs[sid] = s
-            self.table.add(s)
             waiting = self._announce(s, +1, ackkey)
         self._await(ackkey, waiting, conn, req, cluster)
+
+    def _place(self, conn: Connection, sid: int, pattern: str, group, old, req) -> Subscription | None:
+        """Add subscription `sid` (replacing `old`, its subscription with another pattern or group,
+        if any) within the per-connection limit; None if over it (the ERR is sent).  Not announced."""
+        if old is not None:
+            self._unsubscribe(conn, old)
+        if len(conn.subs) >= self.max_subs:
+            self._error(conn, protocol.E_TOO_MANY_SUBS, f"at most {self.max_subs} subscriptions per connection", req)
+            return None
+        s = Subscription(conn, sid, pattern, group)
+        conn.subs[sid] = s
+        self.table.add(s)
+        return s
 
     def _on_subs(self, conn: Connection, req, entries: list, errors):
         """Many SUBs in one frame (docs/PROTOCOL.md, SUBS): each triple is applied as
@@ -764,11 +760,7 @@ class Worker:
         for code, message in errors:           # triples frames.decode_client refused
             self._error(conn, code, message, req)
         subs = conn.subs
-        table = self.table
         perms = conn.perms
-        direct = conn.direct
-        report = self.report
-        first_worker = self.index == 0
         targets: set = set()
         for i in range(0, len(entries), 3):
             sid, pattern, group = entries[i], entries[i + 1], entries[i + 2]
@@ -776,30 +768,16 @@ class Worker:
                 self._denied(conn, f"subscribe to {pattern!r}", req)
                 continue
             old = subs.get(sid)
-            if old is not None:
-                if old.pattern == pattern and old.group == group:
-                    continue                     # a repeated SUB is idempotent
-                self._unsubscribe(conn, old)
-            if len(subs) >= self.max_subs:
-                self._error(conn, protocol.E_TOO_MANY_SUBS,
-                            f"at most {self.max_subs} subscriptions per connection", req)
-                continue
-            s = Subscription(conn, sid, pattern, group)
-            subs[sid] = s
-            table.add(s)
-            if direct:                           # _announce for a direct connection, inlined
-                if first_worker or is_literal(pattern):
-                    report.change(pattern, group, 1)
-            else:
-                self._announce(s, +1, None)
-                targets.update(self._interest_targets(pattern))
+            if old is not None and old.pattern == pattern and old.group == group:
+                continue                         # a repeated SUB is idempotent
+            s = self._place(conn, sid, pattern, group, old, req)
+            if s is not None:
+                # announced at once: a later triple may replace it (same sid), and its -1 must follow this +1
+                targets.update(self._tell(s, +1, None))
         if req is None:
             return
         ackkey = next(self.ackkeys)
-        waiting = self.acks.waiting_for(targets)
-        for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
-            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
-        self._await(ackkey, waiting, conn, req, False)
+        self._await(ackkey, self._ask_confirm(targets, ackkey), conn, req, False)
 
     def _on_unsub(self, conn: Connection, sid: int, req):
         s = conn.subs.get(sid)
@@ -825,12 +803,17 @@ class Worker:
     def _announce(self, s: Subscription, delta: int, ackkey) -> set:
         """Tell the supervisor (cluster interest) and, for a proxied subscription, the
         owner workers; returns the workers whose confirmation to wait for."""
+        targets = self._tell(s, delta, ackkey)
+        return self.acks.waiting_for(targets) if targets and ackkey is not None else set()
+
+    def _tell(self, s: Subscription, delta: int, ackkey) -> list[int]:
+        """`_announce` without the wait: returns the owner workers told (INTEREST on the bus)."""
         if not s.conn.direct or is_literal(s.pattern) or self.index == 0:
             # A direct client registers a wildcard on every worker; count it once
             # (worker 0 reports it) so queue-group weights between nodes are true.
             self.report.change(s.pattern, s.group, delta)
         if s.conn.direct:
-            return set()
+            return []
         key = (s.pattern, s.group)
         n = self.local_interest.get(key, 0) + delta
         if n > 0:
@@ -838,12 +821,19 @@ class Worker:
         else:
             self.local_interest.pop(key, None)
         targets = self._interest_targets(s.pattern)
-        if not targets:
-            return set()
-        body = pack([bus.INTEREST, self.index, delta, s.pattern, s.group, ackkey])
-        for t in targets:
-            self._bus_send(bus.topic(t), body)
-        return self.acks.waiting_for(targets) if ackkey is not None else set()
+        if targets:
+            body = pack([bus.INTEREST, self.index, delta, s.pattern, s.group, ackkey])
+            for t in targets:
+                self._bus_send(bus.topic(t), body)
+        return targets
+
+    def _ask_confirm(self, targets: set, ackkey: int) -> set:
+        """One ACK_REQ to each owner worker in `targets` that must confirm, after the INTERESTs
+        already sent on the same pipe (so its answer covers all of them); the workers to wait for."""
+        waiting = self.acks.waiting_for(targets)
+        for t in waiting:
+            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
+        return waiting
 
     def _send_reports(self):
         """Interest changes and confirm requests for the supervisor, in order (tscale/handover.py)."""
@@ -982,13 +972,8 @@ class Worker:
         ackkey = next(self.ackkeys)
         targets = set()
         for sub in subs:
-            self._announce(sub, +1, None)
-            if not sub.conn.direct:
-                targets.update(self._interest_targets(sub.pattern))
-        waiting = self.acks.waiting_for(targets)
-        for t in waiting:         # after the INTERESTs on the same pipe: answered once all are applied
-            self._bus_send(bus.topic(t), pack([bus.ACK_REQ, self.index, ackkey]))
-        self._await(ackkey, waiting, None, done, True)
+            targets.update(self._tell(sub, +1, None))
+        self._await(ackkey, self._ask_confirm(targets, ackkey), None, done, True)
 
     def _synced_with(self, frm: int):
         """Worker `frm`'s snapshot is applied: confirm what it asked meanwhile, and ask it again

@@ -100,6 +100,19 @@ class ConfirmWaiter:
             self.future.set_exception(exc)
 
 
+def confirm_batches(names: list[str], handlers: dict) -> list[str]:
+    """Register the client's confirm batch names (one per worker: ClientCore.confirm_batch_names)
+    in `handlers`, each dispatching the confirms it carries; returns `names`."""
+    for b in names:
+        handlers[b] = lambda msg: dispatch_confirms(msg.data, handlers)
+    return names
+
+
+def confirm_batch_for(batches: list[str], owner: int) -> str:
+    """The confirm batch name a publish sent to worker `owner` names (the one that worker owns)."""
+    return batches[owner % len(batches)]
+
+
 def dispatch_confirms(data: bytes, handlers: dict) -> bool:
     """A batch of confirms (`{"acks": [[reply, queue, seq, dup]], "errors": [[reply, code, message]]}`):
     settle each waiting publish.  Returns False (the batch name stays registered)."""

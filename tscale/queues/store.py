@@ -100,25 +100,37 @@ def _migrate_4(db) -> None:
     for (qid,) in db.execute("SELECT qid FROM queues").fetchall():
         _create_msgs_3(db, qid)
         _create_msgs(db, qid)
-        run: list = []
-        size = 0
-        for seq, ts, name, payload, meta, msg_id in db.execute(
-                f"SELECT seq, ts, name, payload, meta, msg_id FROM {_msgs_table(qid)} ORDER BY seq").fetchall():
-            if run and (seq != run[0][0] + len(run) or len(run) >= SEGMENT_EVENTS
-                        or size + len(payload) > SEGMENT_BYTES):
-                _insert_run(db, qid, run)
-                run, size = [], 0
-            run.append((seq, ts, name, payload, None if meta is None else msgpack.unpackb(meta, raw=False), msg_id))
-            size += len(payload)
-        if run:
-            _insert_run(db, qid, run)
+        _write_runs(db, [(qid, seq, ts, name, payload, None if meta is None else msgpack.unpackb(meta, raw=False),
+                          msg_id)
+                         for seq, ts, name, payload, meta, msg_id in db.execute(
+                             f"SELECT seq, ts, name, payload, meta, msg_id FROM {_msgs_table(qid)} ORDER BY seq")])
         db.execute(f"DROP TABLE {_msgs_table(qid)}")
 
 
-def _insert_run(db, qid: int, run: list) -> None:
-    """run: [(seq, ts, name, payload, meta, msg_id)] of consecutive sequences."""
-    db.execute(f"INSERT OR REPLACE INTO {_seg_table(qid)} VALUES (?,?,?)",
-               (run[0][0], len(run), _pack([r[1:] for r in run])))
+def _write_runs(db, rows: list) -> list[tuple]:
+    """Write rows of (qid, seq, ts, name, payload, meta|None, msg_id|None), each queue's in sequence
+    order, as runs of consecutive sequences, one row per run (at most SEGMENT_EVENTS events and
+    SEGMENT_BYTES of payload, or one larger event); returns (qid, first seq, length) per run."""
+    runs = []
+    i, n = 0, len(rows)
+    while i < n:
+        qid = rows[i][0]
+        first = rows[i][1]
+        size = len(rows[i][4])
+        j = i + 1
+        while j < n and j - i < SEGMENT_EVENTS:
+            r = rows[j]
+            if r[0] != qid or r[1] != first + (j - i):
+                break
+            size += len(r[4])
+            if size > SEGMENT_BYTES:
+                break
+            j += 1
+        db.execute(f"INSERT OR REPLACE INTO {_seg_table(qid)} VALUES (?,?,?)",
+                   (first, j - i, _pack([r[2:] for r in rows[i:j]])))
+        runs.append((qid, first, j - i))
+        i = j
+    return runs
 
 
 _pack = msgpack.Packer(use_bin_type=True, autoreset=True).pack
@@ -155,10 +167,6 @@ class _Segments:
         del self.runs[start]
         i = bisect.bisect_left(self.starts, start)
         del self.starts[i]
-
-
-def db_rows(db, sql: str, args) -> list:
-    return db.execute(sql, args).fetchall()
 
 
 class StoreRefused(Exception):
@@ -309,10 +317,10 @@ class SqliteStore:
                 found = []
                 for k in range(0, len(missing), 500):
                     part = missing[k:k + 500]
-                    found += db_rows(self.db, f"SELECT seq, data FROM {table} WHERE seq IN "
-                                              f"({','.join('?' * len(part))})", part)
+                    found += self.db.execute(f"SELECT seq, data FROM {table} WHERE seq IN "
+                                             f"({','.join('?' * len(part))})", part).fetchall()
             else:   # a fetch's runs are mostly consecutive: one range scan of the primary key
-                found = db_rows(self.db, f"SELECT seq, data FROM {table} WHERE seq>=? AND seq<=?", (lo, hi))
+                found = self.db.execute(f"SELECT seq, data FROM {table} WHERE seq>=? AND seq<=?", (lo, hi)).fetchall()
             cache = self.cache
             for start, data in found:
                 if start in runs:
@@ -388,29 +396,12 @@ class SqliteStore:
         """rows of (qid, seq, ts, name, payload, meta|None, msg_id|None), each queue's in sequence
         order: written as runs of consecutive sequences, one row per run (see SEGMENT_EVENTS)."""
         self._begin(sync)
-        i, n = 0, len(rows)
-        db = self.db
-        while i < n:
-            qid = rows[i][0]
+        for qid, first, n in _write_runs(self.db, rows):
             segs = self.segs.get(qid)
             if segs is None:
                 segs = self.segs[qid] = _Segments()
                 self.gone.setdefault(qid, set())
-            first = rows[i][1]
-            size = len(rows[i][4])
-            j = i + 1
-            while j < n and j - i < SEGMENT_EVENTS:
-                r = rows[j]
-                if r[0] != qid or r[1] != first + (j - i):
-                    break
-                size += len(r[4])
-                if size > SEGMENT_BYTES:
-                    break
-                j += 1
-            db.execute(f"INSERT OR REPLACE INTO {_seg_table(qid)} VALUES (?,?,?)",
-                       (first, j - i, _pack([r[2:] for r in rows[i:j]])))
-            segs.add(first, j - i, j - i)
-            i = j
+            segs.add(first, n, n)
 
     def _purge(self, qid: int, upto: int | None) -> None:
         db = self.db
