@@ -134,3 +134,23 @@ def test_subscribe_without_wait_reports_node_errors(small_node, clients):
     assert [e.code for e in seen] == [protocol.E_TOO_MANY_SUBS]
     with pytest.raises(tscale.TscaleError):
         c.subscribe(P + ".x", confirm="cluster", wait=False)
+
+
+def test_too_many_subscriptions_in_one_subs_frame(small_node, raws):
+    """A SUBS frame over the per-connection limit: the triples past it get ERR too_many_subscriptions
+    with the frame's req, the ones within it are in place, and the frame is still answered."""
+    r = raws(small_node.port, name="many-subs-frame")
+    P = uniq("manyf")
+    names = [name_for(0, 2, P, start=10 * i) for i in range(MAX_SUBS + 2)]
+    frame = [protocol.SUBS, "f"]
+    for sid, name in enumerate(names, start=1):
+        frame += (sid, name, None)
+    r.send(frame)
+    r.wait_for(lambda c: c[0] == protocol.OK and c[1] == "f", DEADLINE, "OK for the SUBS frame")
+    over = [e for e in r.errors if e[3] == "f"]
+    assert [e[1] for e in over] == [protocol.E_TOO_MANY_SUBS] * 2
+    for name in names:
+        r.pub(name, b"x")
+    r.wait_events(lambda evs: len(evs) >= MAX_SUBS, what="events for the subscriptions within the limit")
+    r.ping()
+    assert sorted(ev[0] for ev in r.events) == list(range(1, MAX_SUBS + 1))

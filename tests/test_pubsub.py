@@ -370,3 +370,36 @@ def test_subs_frame_from_a_simple_client(node2, raws):
     sub.wait_for(lambda c: c[0] == protocol.OK and c[1] == "batch-2", DEADLINE, "OK for the second SUBS")
     pub.pub(late, b"late")
     sub.wait_events(lambda evs: any(e[0] == 50 for e in evs), what="the event of the late SUBS")
+
+
+def test_hostile_subs_frames(make_node, raws):
+    """SUBS as an attacker sends it: an oversized frame is refused whole (ERR malformed with its
+    req, nothing applied), a sid repeated in one frame ends with its last pattern only (the first
+    leaves no interest behind); the connection and the node go on."""
+    node = make_node(2)
+    P = uniq("hs")
+    first, second = name_for(1, 2, P + ".first"), name_for(1, 2, P + ".second")   # proxied from port 0
+    r = raws(node.ports[0], name="hostile-subs")
+    pub = raws(node.ports[1], name="hostile-subs-pub")
+
+    big = [protocol.SUBS, "big"] + [5, first, None] * (protocol.MAX_SUBS_BATCH + 1)
+    r.send(big)
+    e = r.wait_error(protocol.E_MALFORMED)
+    assert e[3] == "big" and str(protocol.MAX_SUBS_BATCH) in e[2]
+    r.ping()
+
+    r.send([protocol.SUBS, "twice", 7, first, None, 7, second, None])
+    r.wait_for(lambda c: c[0] == protocol.OK and c[1] == "twice", DEADLINE, "OK for the SUBS frame")
+    pub.pub(first, b"1")
+    pub.pub(second, b"2")
+    pub.ping()
+    r.wait_events(lambda evs: any(ev[1] == second for ev in evs), what="the event of the last pattern")
+    r.ping()
+    assert [(ev[0], ev[1]) for ev in r.events] == [(7, second)]    # none for the replaced pattern (nor the big frame)
+
+    def interest():
+        return {row[0] for row in node.status()["cluster"]["interest"]["local"]}
+    wait_until(lambda: second in interest(), DEADLINE, what="the node's interest in the last pattern")
+    assert first not in interest()
+
+    r.ping()
