@@ -205,7 +205,7 @@ def _try_confirm(c, name: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("damage", ["newer", "garbage"])
+@pytest.mark.parametrize("damage", ["newer", "garbage", "run"])
 def test_newer_or_damaged_database_refuses_its_queues_and_the_rest_serves(make_node, clients, damage):
     node = make_node(workers=2, start=False)
     qdir = node.tmp_dir / "data" / "queues"
@@ -217,8 +217,19 @@ def test_newer_or_damaged_database_refuses_its_queues_and_the_rest_serves(make_n
         db.execute("CREATE TABLE future (x)")
         db.commit()
         db.close()
-    else:
+    elif damage == "garbage":
         bad.write_bytes(b"this is not an sqlite database" * 100)
+    else:                 # a sound sqlite file whose stored run of events does not unpack
+        from tscale.queues.store import SqliteStore
+        store = SqliteStore(str(bad))
+        qid = store.add_queue({"name": "old", "subjects": ["old.>"]})
+        store.append([(qid, 1, time.time(), "old.x", b"p", None, None)])
+        store.commit()
+        store.close()
+        db = sqlite3.connect(bad)
+        db.execute(f"UPDATE s{qid} SET data=?", (b"\x93\x01\x02",))
+        db.commit()
+        db.close()
     before = bad.read_bytes()
     node.start()
     c = clients(node)
@@ -226,11 +237,12 @@ def test_newer_or_damaged_database_refuses_its_queues_and_the_rest_serves(make_n
     with pytest.raises(tscale.ServerError) as e:
         c.queue_add(on_bad, f"{on_bad}.>")
     assert e.value.code == "queue_unavailable" and "w0.db" in e.value.message
-    assert ("newer" if damage == "newer" else "cannot be used") in e.value.message
+    assert {"newer": "newer", "garbage": "cannot be used", "run": "cannot be read"}[damage] in e.value.message
     c.queue_add(on_good, f"{on_good}.>")
     assert c.publish(f"{on_good}.x", b"ok", confirm=True).seq == 1
     s = c.subscribe(f"{on_bad}.>")
     c.publish(f"{on_bad}.x", b"pubsub")
     assert s.next_msg(5).data == b"pubsub"
     assert bad.read_bytes() == before, "a refused database is never rewritten"
+    assert node.status()["workers"][0]["restarts"] == 0, "the worker refused the file, it did not crash on it"
     assert "refusing its queues" in node.log_text() or "cannot be used" in node.log_text()

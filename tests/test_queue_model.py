@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import sqlite3
+import time
 
 import msgpack
 import pytest
@@ -564,3 +565,25 @@ def test_store_purge_up_to_a_sequence_inside_a_run(tmp_path):
     assert store.db.execute("SELECT seq FROM gone").fetchall() == [(4,), (5,), (6,)]
     assert store.db.execute(f"SELECT seq, n FROM s{qid}").fetchall() == [(4, 6)]
     store.close()
+
+
+@pytest.mark.parametrize("blob", [b"\xc1", b"\x93\x01\x02", msgpack.packb([[1.0, "q.x"]]), msgpack.packb(7)])
+def test_store_refuses_a_file_whose_stored_run_is_damaged(tmp_path, blob):
+    """A run row that does not unpack (or not into events) makes load() refuse the file with
+    StoreRefused, not raise whatever msgpack raised (the worker would restart on it for ever)."""
+    path = str(tmp_path / "w0.db")
+    store = SqliteStore(path)
+    qid = store.add_queue(cfg().to_dict())
+    store.append([(qid, seq, time.time(), "q.x", b"p", None, None) for seq in (1, 2, 3)])
+    store.commit()
+    store.close()
+    db = sqlite3.connect(path)
+    db.execute(f"UPDATE s{qid} SET data=?", (blob,))
+    db.commit()
+    db.close()
+    before = open(path, "rb").read()
+    store = SqliteStore(path)
+    with pytest.raises(StoreRefused, match="cannot be read"):
+        list(store.load())
+    store.close()
+    assert open(path, "rb").read() == before

@@ -110,6 +110,9 @@ class QueueShell:
         except StoreRefused as exc:
             self.refused = str(exc)
             self.store = None
+            for qs in self.queues.values():    # the queues loaded before the damage was found
+                self._unsubscribe(qs)
+            self.queues = {}
             self.w.log.error("queues: %s", exc)
             return
         if self.queues:
@@ -554,7 +557,7 @@ class QueueShell:
             acks.clear()
         try:
             self._load()
-        except sqlite3.Error as exc2:
+        except (sqlite3.Error, StoreRefused) as exc2:
             self.refused = f"{self.path}: cannot reload after a failed commit: {exc2}"
             self.w.log.error("queues: %s", self.refused)
 

@@ -177,6 +177,11 @@ class StoreFull(Exception):
     """The disk (or the file system's quota) is full; nothing of the failed transaction was kept."""
 
 
+# What unpacking a damaged blob raises (msgpack's errors are ValueErrors or UnpackException; a blob
+# of the wrong shape fails the tuple unpacking with ValueError or TypeError).
+_DAMAGED = (ValueError, TypeError, msgpack.UnpackException)
+
+
 def _is_full(exc: sqlite3.Error) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code == sqlite3.SQLITE_FULL or "full" in str(exc).lower()
@@ -221,7 +226,7 @@ class SqliteStore:
             if version != SCHEMA_VERSION:
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             db.execute("COMMIT")
-        except sqlite3.DatabaseError as exc:
+        except (sqlite3.DatabaseError, *_DAMAGED) as exc:   # (a migration unpacks stored metas)
             raise StoreRefused(f"{path} cannot be used as a queue database: {exc}") from None
         except OSError as exc:
             raise StoreRefused(f"{path}: {exc}") from None
@@ -238,7 +243,15 @@ class SqliteStore:
     # -- reading --------------------------------------------------------------
     def load(self):
         """Every queue: yields (qid, config dict, last_seq, msgs [(seq, ts, size, msg_id)],
-        groups [(name, cursor, counters, [(seq, deliveries)])])."""
+        groups [(name, cursor, counters, [(seq, deliveries)])]).  Raises StoreRefused, possibly
+        after some queues, if stored data cannot be read (the file is left as it is)."""
+        try:
+            yield from self._load()
+        except (sqlite3.DatabaseError, *_DAMAGED) as exc:
+            raise StoreRefused(f"{self.path}: its queues cannot be read ({exc!r}); refusing its queues, "
+                               "the file is left untouched") from None
+
+    def _load(self):
         db = self.db
         self.segs = {}
         self.gone = {}
